@@ -1,0 +1,49 @@
+"""Read commands that ask the local agent: ``members`` and ``status``.
+
+More commands register themselves on ``agent.cli.cli`` from their own modules.
+"""
+
+from __future__ import annotations
+
+import click
+
+from agent.cli import CliState, cli, emit_json, json_option, print_table
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def members(state: CliState, as_json: bool) -> None:
+    """Show the cluster's members as this agent's gossip sees them."""
+    data = state.client().get("/v1/members")
+    if as_json:
+        emit_json(data)
+        return
+    rows = [
+        (
+            m.get("name"),
+            m.get("address"),
+            m.get("state"),
+            m.get("incarnation"),
+            m.get("generation"),
+            m.get("since"),
+        )
+        for m in data.get("members", [])
+    ]
+    print_table(["NAME", "ADDRESS", "STATE", "INCARNATION", "GENERATION", "SINCE"], rows)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def status(state: CliState, as_json: bool) -> None:
+    """Show the cluster: Raft leader, term, commit index, voters and replicas."""
+    data = state.client().get("/v1/status")
+    if as_json:
+        emit_json(data)
+        return
+    for key in sorted(data):
+        value = data[key]
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value) or "-"
+        click.echo(f"{key + ':':<16}{value}")

@@ -1,0 +1,96 @@
+"""The CLI as a new user meets it: help, version, and one-line errors with exit codes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.errors import SecretError
+from agent.secrets import derive_key, load_secret
+
+
+def hypha(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+    )
+
+
+def test_version() -> None:
+    result = hypha("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("hypha, version ")
+
+
+def test_help_lists_commands_with_summaries() -> None:
+    result = hypha("--help")
+    assert result.returncode == 0
+    for command in ("keygen", "members", "status", "completion"):
+        assert f"  {command} " in result.stdout
+    assert "--api ADDRESS" in result.stdout
+
+
+def test_agent_not_running_is_one_line(tmp_path: Path) -> None:
+    result = hypha("--api", f"unix:{tmp_path / 'api.sock'}", "members")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("hypha: error: cannot reach the agent at unix:")
+    assert "Traceback" not in result.stderr
+
+
+def test_api_from_environment(tmp_path: Path) -> None:
+    result = hypha("status", env={"HYPHA_API": f"unix:{tmp_path}/x.sock"})
+    assert result.returncode == 1
+    assert f"unix:{tmp_path}/x.sock" in result.stderr
+
+
+def test_bad_api_address_is_one_line() -> None:
+    result = hypha("--api", "ftp://x", "members")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "hypha: error: --api: expected unix:PATH or http://HOST:PORT, got 'ftp://x'"
+    )
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = hypha("frobnicate")
+    assert result.returncode == 2
+    assert "No such command 'frobnicate'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_keygen_writes_a_private_secret(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    result = hypha("keygen", "-o", str(path))
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    secret = load_secret(path)
+    assert len(secret) == 32
+    assert derive_key(secret, "raft-password") != derive_key(secret, "gossip-key-0")
+    again = hypha("keygen", "-o", str(path))
+    assert again.returncode == 1
+    assert "already exists; pass --force" in again.stderr
+
+
+def test_secret_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    assert hypha("keygen", "-o", str(path)).returncode == 0
+    path.chmod(0o644)
+    with pytest.raises(SecretError, match="mode 0644; it must be 0600"):
+        load_secret(path)
+
+
+def test_completion_script() -> None:
+    result = hypha("completion", "bash")
+    assert result.returncode == 0
+    assert "_HYPHA_COMPLETE" in result.stdout
