@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -85,10 +86,8 @@ def pause(node: str, seconds: float) -> None:
     """SIGSTOP the agent NODE for SECONDS, then SIGCONT (also on Ctrl-C)."""
     (agent,) = faults.resolve([node], _agents())
     click.echo(f"pausing {agent.name} (pid {agent.pid}) for {seconds:g}s")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         faults.pause(agent, seconds)
-    except KeyboardInterrupt:
-        pass
     click.echo(f"resumed {agent.name}")
 
 

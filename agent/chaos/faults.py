@@ -15,6 +15,7 @@ advertised address; see docs/decisions/002-chaos-on-loopback.md).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shlex
@@ -188,10 +189,8 @@ def _wait_gone(pid: int, timeout: float) -> bool:
             os.kill(pid, 0)
             stat = Path(f"/proc/{pid}/stat").read_text()
             if ") Z" in stat:
-                try:
+                with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)  # our own child: reap it
-                except ChildProcessError:
-                    pass
                 return True
         except (ProcessLookupError, FileNotFoundError):
             return True
@@ -321,10 +320,8 @@ def apply_rules(rules: Sequence[Rule]) -> None:
 
 def remove_rules(rules: Sequence[Rule]) -> None:
     for rule in rules:
-        try:
+        with contextlib.suppress(ChaosError):  # already gone
             _run_iptables("-D", "INPUT", *rule.args)
-        except ChaosError:
-            pass  # already gone
 
 
 def tagged_rules(tag: str = TAG) -> list[str]:
