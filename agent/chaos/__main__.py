@@ -1,0 +1,3 @@
+from agent.chaos.cli import main
+
+main()
