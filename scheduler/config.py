@@ -1,0 +1,86 @@
+"""Every tunable of the scheduler in one frozen, documented, validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from .errors import InvalidInputError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerConfig:
+    """Weights of the mycelial score, sampling, the credit ledger and failure handling.
+
+    Score weights multiply terms that each lie in [-1000, 1000] (per mille), so
+    they read as relative importance. Anti-affinity penalties are per replica of
+    the same workload already on the node / in the zone, in the same units.
+    """
+
+    #: Weight of the node's credit balance (scaled to +-1000 by the largest |balance|).
+    #: 0 gives the credit-free scorer ("mycelial-nocredit").
+    credit_weight: int = 2
+    #: Weight of resource balance: 1000 minus the spread between cpu and memory
+    #: utilisation after placing (Kubernetes' BalancedAllocation).
+    balance_weight: int = 1
+    #: Weight of the fit term: with ``pack=False`` 1000 minus the dominant
+    #: utilisation after placing (spread, LeastAllocated); with ``pack=True`` the
+    #: dominant utilisation itself (bin-pack, MostAllocated).
+    fit_weight: int = 2
+    pack: bool = False
+    #: Soft anti-affinity: penalty per replica of the same workload already on the
+    #: node, and per replica in the node's zone.
+    node_anti_affinity: int = 3000
+    zone_anti_affinity: int = 300
+
+    #: At most this many nodes, every feasible node is scored; above it, ``sample``
+    #: candidates are drawn (power of d choices) and a full scan only runs when the
+    #: sample holds fewer than two feasible nodes.
+    sample_threshold: int = 256
+    #: Candidates per decision when sampling; 0 means ``max(2, ceil(log2 n))``
+    #: (Nomad's choice), so a workload of m replicas looks at d*m nodes in all.
+    sample: int = 0
+
+    #: Credit ledger (see ``scheduler.credits``). Utilisation above this (per mille)
+    #: is pressure, and a node owes ``pressure_factor`` times its excess.
+    target_utilisation: int = 800
+    pressure_factor: int = 4
+    #: Each epoch keeps ``balance - balance >> decay_shift`` (1 halves old balances).
+    decay_shift: int = 1
+    #: Overlay: links to this many successors on the hash ring (and, in the zone's
+    #: own ring, this many zone mates).
+    ring_neighbours: int = 2
+    zone_neighbours: int = 2
+    #: Rounds of exchange per epoch; each edge moves ``exchange_rate`` per mille of
+    #: the difference divided by (largest degree + 1), which keeps it stable.
+    exchange_rounds: int = 3
+    exchange_rate: int = 1000
+
+    #: Rescheduling pauses when more than this fraction of the snapshot's nodes is
+    #: lost (dead or unknown, draining excluded) at once.
+    max_lost_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "pack":
+                if not isinstance(value, bool):
+                    raise InvalidInputError("SchedulerConfig.pack must be a bool")
+            elif f.name == "max_lost_fraction":
+                if not isinstance(value, int | float) or not 0.0 < value <= 1.0:
+                    raise InvalidInputError(
+                        f"SchedulerConfig.max_lost_fraction must be in (0, 1], got {value!r}"
+                    )
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidInputError(
+                    f"SchedulerConfig.{f.name} must be an int >= 0, got {value!r}"
+                )
+        if self.target_utilisation > 1000:
+            raise InvalidInputError("SchedulerConfig.target_utilisation is per mille (<= 1000)")
+        if self.exchange_rate > 1000:
+            raise InvalidInputError("SchedulerConfig.exchange_rate is per mille (<= 1000)")
+
+    def with_(self, **changes: object) -> SchedulerConfig:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+DEFAULT_CONFIG = SchedulerConfig()

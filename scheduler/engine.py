@@ -1,0 +1,846 @@
+"""The placement engine: indexes built once per snapshot, then one decision at a time.
+
+``Planner`` sorts the nodes by id (so node order in the snapshot never matters),
+builds flat per-node arrays, a max-tree over free resources, and per-workload
+counts, then places requests one by one, updating all of them incrementally. No
+decision scans every node unless a sample found fewer than two feasible nodes,
+and even that scan skips whole subtrees that cannot fit (the max-tree).
+
+Strategies (``STRATEGIES``): the mycelial scorer, the same scorer with credit
+weight 0, and the baselines random, round-robin, least-loaded (a heap),
+power-of-two, best-fit (a sorted index). All of them apply the same hard rules
+(resources, state, constraints, distinct nodes, topology spread, tenant caps),
+so the benchmark compares choices, not rule sets.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, insort
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ._hash import GOLDEN, MASK64, mix64, stable_hash
+from .config import DEFAULT_CONFIG, SchedulerConfig
+from .credits import placement_cost
+from .errors import InvalidInputError
+from .types import (
+    Constraint,
+    Decision,
+    NodeInfo,
+    Placement,
+    PlacementRequest,
+    Resources,
+    Rule,
+    Snapshot,
+    format_bytes,
+    format_cpu,
+)
+
+STRATEGIES: tuple[str, ...] = (
+    "mycelial",
+    "mycelial-nocredit",
+    "random",
+    "round-robin",
+    "least-loaded",
+    "power-of-two",
+    "best-fit",
+)
+
+_DIMS = ("cpu", "memory", "pids")
+
+
+def _fmt(dim: int, value: int) -> str:
+    if dim == 0:
+        return format_cpu(value)
+    if dim == 1:
+        return format_bytes(value)
+    return f"{value} pids"
+
+
+def _dim_phrase(dim: int, value: int) -> str:
+    if dim == 0:
+        return format_cpu(value)
+    if dim == 1:
+        return f"{format_bytes(value)} memory"
+    return f"{value} pids"
+
+
+def _ceil_log2(n: int) -> int:
+    return max(0, (n - 1).bit_length())
+
+
+@dataclass(slots=True)
+class _Spread:
+    """Replica counts of one workload per value of one label (one topology spread)."""
+
+    key: str
+    domains: frozenset[str]
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def minimum(self) -> int:
+        return min((self.counts.get(d, 0) for d in self.domains), default=0)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreParts:
+    """How the mycelial scorer rated one node for one request (for ``explain``)."""
+
+    node_id: str
+    total: int
+    credit: int
+    balance: int
+    fit: int
+    anti_affinity: int
+
+
+class Planner:
+    """Places requests against one snapshot, keeping its indexes up to date.
+
+    ``place()`` builds one per call; the benchmark builds one and times
+    ``place_one`` per request. ``exclude_replicas`` are treated as gone (their
+    resources are freed and they no longer count for anti-affinity or tenants);
+    ``unusable_nodes`` get no new work whatever their state says.
+    """
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        seed: int,
+        *,
+        strategy: str = "mycelial",
+        config: SchedulerConfig = DEFAULT_CONFIG,
+        exclude_replicas: Iterable[str] = (),
+        unusable_nodes: Iterable[str] = (),
+    ) -> None:
+        if not isinstance(snapshot, Snapshot):
+            raise InvalidInputError(f"snapshot must be a Snapshot, got {type(snapshot).__name__}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InvalidInputError(f"seed must be an int, got {seed!r}")
+        if strategy not in STRATEGIES:
+            raise InvalidInputError(
+                f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}"
+            )
+        if not isinstance(config, SchedulerConfig):
+            raise InvalidInputError("config must be a SchedulerConfig")
+        if strategy == "mycelial-nocredit":
+            config = config.with_(credit_weight=0)
+        self.snapshot = snapshot
+        self.seed = seed
+        self.strategy = strategy
+        self.config = config
+        excluded = frozenset(exclude_replicas)
+        unusable = frozenset(unusable_nodes)
+
+        nodes = sorted(snapshot.nodes, key=lambda node: node.id)
+        self.nodes: list[NodeInfo] = nodes
+        n = self.n = len(nodes)
+        self.index: dict[str, int] = {node.id: i for i, node in enumerate(nodes)}
+        self.ids = [node.id for node in nodes]
+        self.cap_c = [node.capacity.cpu_millicores for node in nodes]
+        self.cap_m = [node.capacity.memory_bytes for node in nodes]
+        self.cap_p = [node.capacity.pids for node in nodes]
+        self.free_c = [
+            node.capacity.cpu_millicores - node.allocated.cpu_millicores for node in nodes
+        ]
+        self.free_m = [node.capacity.memory_bytes - node.allocated.memory_bytes for node in nodes]
+        self.free_p = [node.capacity.pids - node.allocated.pids for node in nodes]
+        self.usable = [
+            node.state == "alive" and node.eligible and node.id not in unusable for node in nodes
+        ]
+        self.unusable_why: list[str] = []
+        for node in nodes:
+            if node.id in unusable:
+                self.unusable_why.append("lost")
+            elif node.state != "alive":
+                self.unusable_why.append(node.state)
+            elif not node.eligible:
+                self.unusable_why.append("ineligible")
+            else:
+                self.unusable_why.append("")
+        zones = sorted({node.zone for node in nodes if node.zone})
+        zone_index = {zone: z for z, zone in enumerate(zones)}
+        self.zones = zones
+        self.zone_of = [zone_index[node.zone] if node.zone else -1 for node in nodes]
+        self.credit = [node.credit for node in nodes]
+        self.credit_scale = max([1] + [abs(c) for c in self.credit])
+        self.node_hash = [stable_hash(seed, "node", node.id) for node in nodes]
+
+        # Placements: workload counts per node and per zone, tenant usage, and
+        # the freed resources of excluded replicas.
+        self.wl_node: dict[str, dict[int, int]] = {}
+        self.wl_zone: dict[str, dict[int, int]] = {}
+        self.placed_on: dict[str, str] = {}
+        self.tenant_use: dict[str, list[int]] = {}
+        for placement in snapshot.placements:
+            i = self.index.get(placement.node_id)
+            if placement.replica_id in excluded:
+                if i is not None:
+                    self.free_c[i] += placement.resources.cpu_millicores
+                    self.free_m[i] += placement.resources.memory_bytes
+                    self.free_p[i] += placement.resources.pids
+                continue
+            self.placed_on[placement.replica_id] = placement.node_id
+            self._count_tenant(placement.tenant, placement.resources, +1)
+            if i is not None:
+                self._count_workload(placement.workload, i)
+
+        usable_idx = [i for i in range(n) if self.usable[i]]
+        self.total = (
+            sum(self.cap_c[i] for i in usable_idx),
+            sum(self.cap_m[i] for i in usable_idx),
+            sum(self.cap_p[i] for i in usable_idx),
+        )
+        self.not_usable = Counter(why for why in self.unusable_why if why)
+        self.spreads: dict[tuple[str, str, tuple[Constraint, ...]], _Spread] = {}
+        self.spreads_of: dict[str, list[_Spread]] = {}
+        self.failed_shapes: dict[
+            tuple[int, int, int, tuple[Constraint, ...]], tuple[Rule, str]
+        ] = {}
+
+        # Max-tree over free resources of usable nodes (-1 for the others).
+        size = 1
+        while size < max(1, n):
+            size *= 2
+        self.size = size
+        self.tc = [-1] * (2 * size)
+        self.tm = [-1] * (2 * size)
+        self.tp = [-1] * (2 * size)
+        for i in range(n):
+            if self.usable[i]:
+                self.tc[size + i] = self.free_c[i]
+                self.tm[size + i] = self.free_m[i]
+                self.tp[size + i] = self.free_p[i]
+        for j in range(size - 1, 0, -1):
+            self.tc[j] = max(self.tc[2 * j], self.tc[2 * j + 1])
+            self.tm[j] = max(self.tm[2 * j], self.tm[2 * j + 1])
+            self.tp[j] = max(self.tp[2 * j], self.tp[2 * j + 1])
+
+        self.sample = config.sample or max(2, _ceil_log2(n))
+        self.rr_next = stable_hash(seed, "round-robin") % n if n else 0
+        self._heap: list[tuple[int, int, int]] = []
+        self._heap_key: list[int] = []
+        self._bestfit: list[tuple[int, int, int, int]] = []
+        self._bestfit_key: list[tuple[int, int, int, int]] = []
+        self._choose: Callable[[PlacementRequest, int], int]
+        if strategy in ("mycelial", "mycelial-nocredit"):
+            self._choose = self._choose_scored
+        elif strategy == "random":
+            self._choose = self._choose_random
+        elif strategy == "round-robin":
+            self._choose = self._choose_round_robin
+        elif strategy == "least-loaded":
+            self._heap_key = [self._load_key(i) for i in range(n)]
+            self._heap = [(self._heap_key[i], self.node_hash[i], i) for i in usable_idx]
+            heapq.heapify(self._heap)
+            self._choose = self._choose_least_loaded
+        elif strategy == "power-of-two":
+            self._choose = self._choose_power_of_two
+        else:
+            self._bestfit_key = [self._fit_key(i) for i in range(n)]
+            self._bestfit = sorted(self._bestfit_key[i] for i in usable_idx)
+            self._choose = self._choose_best_fit
+
+    # ----------------------------------------------------------------- indexes
+
+    def _count_workload(self, workload: str, i: int) -> None:
+        per_node = self.wl_node.setdefault(workload, {})
+        per_node[i] = per_node.get(i, 0) + 1
+        z = self.zone_of[i]
+        if z >= 0:
+            per_zone = self.wl_zone.setdefault(workload, {})
+            per_zone[z] = per_zone.get(z, 0) + 1
+
+    def _count_tenant(self, tenant: str, resources: Resources, sign: int) -> None:
+        use = self.tenant_use.setdefault(tenant, [0, 0, 0])
+        use[0] += sign * resources.cpu_millicores
+        use[1] += sign * resources.memory_bytes
+        use[2] += sign * resources.pids
+
+    def _tree_update(self, i: int) -> None:
+        size = self.size
+        tc, tm, tp = self.tc, self.tm, self.tp
+        j = size + i
+        if self.usable[i]:
+            tc[j], tm[j], tp[j] = self.free_c[i], self.free_m[i], self.free_p[i]
+        else:
+            tc[j] = tm[j] = tp[j] = -1
+        j >>= 1
+        while j:
+            left = 2 * j
+            c = tc[left] if tc[left] > tc[left + 1] else tc[left + 1]
+            m = tm[left] if tm[left] > tm[left + 1] else tm[left + 1]
+            p = tp[left] if tp[left] > tp[left + 1] else tp[left + 1]
+            if c == tc[j] and m == tm[j] and p == tp[j]:
+                break
+            tc[j], tm[j], tp[j] = c, m, p
+            j >>= 1
+
+    def _fits_range(self, lo: int, hi: int, rc: int, rm: int, rp: int) -> Iterator[int]:
+        """Usable nodes in [lo, hi) with room for (rc, rm, rp), in index order."""
+        tc, tm, tp = self.tc, self.tm, self.tp
+        size = self.size
+        stack = [(1, 0, size)]
+        pop, push = stack.pop, stack.append
+        while stack:
+            j, left, right = pop()
+            if right <= lo or left >= hi or tc[j] < rc or tm[j] < rm or tp[j] < rp:
+                continue
+            if j >= size:
+                yield left
+                continue
+            mid = (left + right) >> 1
+            push((2 * j + 1, mid, right))
+            push((2 * j, left, mid))
+
+    def fits_from(self, start: int, rc: int, rm: int, rp: int) -> Iterator[int]:
+        """Usable nodes with room, in index order from ``start``, wrapping around."""
+        yield from self._fits_range(start, self.n, rc, rm, rp)
+        yield from self._fits_range(0, start, rc, rm, rp)
+
+    def _argmax(self, dim: int) -> int:
+        """Index of a usable node with the most free of ``dim`` (-1 if none is usable)."""
+        tree = (self.tc, self.tm, self.tp)[dim]
+        if tree[1] < 0:
+            return -1
+        j = 1
+        while j < self.size:
+            j = 2 * j if tree[2 * j] == tree[j] else 2 * j + 1
+        return j - self.size
+
+    def _load_key(self, i: int) -> int:
+        return self._dominant_after(i, 0, 0, 0)
+
+    def _fit_key(self, i: int) -> tuple[int, int, int, int]:
+        return (self.free_m[i], self.free_c[i], self.node_hash[i], i)
+
+    def _dominant_after(self, i: int, rc: int, rm: int, rp: int) -> int:
+        cc, cm, cp = self.cap_c[i], self.cap_m[i], self.cap_p[i]
+        uc = (cc - self.free_c[i] + rc) * 1000 // cc if cc else 0
+        um = (cm - self.free_m[i] + rm) * 1000 // cm if cm else 0
+        up = (cp - self.free_p[i] + rp) * 1000 // cp if cp else 0
+        return max(uc, um, up)
+
+    # ------------------------------------------------------------------- rules
+
+    def _spread_for(self, request: PlacementRequest) -> _Spread | None:
+        key = request.spread_by
+        if key is None:
+            return None
+        cache_key = (request.workload, key, request.constraints)
+        spread = self.spreads.get(cache_key)
+        if spread is None:
+            domains: set[str] = set()
+            for i, node in enumerate(self.nodes):
+                if not self.usable[i]:
+                    continue
+                value = node.label(key)
+                if value is not None and all(c.matches(node) for c in request.constraints):
+                    domains.add(value)
+            spread = _Spread(key, frozenset(domains))
+            for i, count in self.wl_node.get(request.workload, {}).items():
+                value = self.nodes[i].label(key)
+                if value is not None:
+                    spread.counts[value] = spread.counts.get(value, 0) + count
+            self.spreads[cache_key] = spread
+            self.spreads_of.setdefault(request.workload, []).append(spread)
+        return spread
+
+    def _admissible(self, i: int, request: PlacementRequest, spread: _Spread | None) -> bool:
+        """The hard rules other than resources and state: constraints, distinct, spread."""
+        node = self.nodes[i]
+        for constraint in request.constraints:
+            if not constraint.matches(node):
+                return False
+        if request.distinct_nodes:
+            per_node = self.wl_node.get(request.workload)
+            if per_node and per_node.get(i):
+                return False
+        if spread is not None:
+            value = node.label(spread.key)
+            if value is None or value not in spread.domains:
+                return False
+            if spread.counts.get(value, 0) + 1 - spread.minimum() > request.max_skew:
+                return False
+        return True
+
+    def _simple(self, request: PlacementRequest) -> bool:
+        return not request.constraints and not request.distinct_nodes and request.spread_by is None
+
+    # -------------------------------------------------------------- strategies
+
+    def _sample_positions(self, request_hash: int, count: int) -> Iterator[int]:
+        n = self.n
+        x = request_hash
+        for _ in range(count):
+            x = (x + GOLDEN) & MASK64
+            yield mix64(x) % n
+
+    def _feasible(self, i: int, rc: int, rm: int, rp: int) -> bool:
+        return (
+            self.usable[i]
+            and self.free_c[i] >= rc
+            and self.free_m[i] >= rm
+            and self.free_p[i] >= rp
+        )
+
+    def _candidates(
+        self, request: PlacementRequest, request_hash: int, want: int, spread: _Spread | None
+    ) -> list[int]:
+        """Up to ``want`` distinct feasible nodes: sampled, topped up by a pruned scan."""
+        rc, rm, rp = request.resources.as_tuple()
+        simple = self._simple(request)
+        found: list[int] = []
+        for i in self._sample_positions(request_hash, want):
+            if (
+                i not in found
+                and self._feasible(i, rc, rm, rp)
+                and (simple or self._admissible(i, request, spread))
+            ):
+                found.append(i)
+        if len(found) >= min(2, want):
+            return found
+        for i in self.fits_from(request_hash % self.n, rc, rm, rp):
+            if i not in found and (simple or self._admissible(i, request, spread)):
+                found.append(i)
+                if len(found) >= want:
+                    break
+        return found
+
+    def _all_feasible(self, request: PlacementRequest, spread: _Spread | None) -> list[int]:
+        rc, rm, rp = request.resources.as_tuple()
+        simple = self._simple(request)
+        return [
+            i
+            for i in self._fits_range(0, self.n, rc, rm, rp)
+            if simple or self._admissible(i, request, spread)
+        ]
+
+    def score(self, i: int, request: PlacementRequest) -> ScoreParts:
+        """The mycelial score of node ``i`` for ``request``, term by term (higher is better)."""
+        cfg = self.config
+        rc, rm, rp = request.resources.as_tuple()
+        cc, cm = self.cap_c[i], self.cap_m[i]
+        uc = (cc - self.free_c[i] + rc) * 1000 // cc if cc else 0
+        um = (cm - self.free_m[i] + rm) * 1000 // cm if cm else 0
+        dom = self._dominant_after(i, rc, rm, rp)
+        credit = self.credit[i] * 1000 // self.credit_scale
+        credit = -1000 if credit < -1000 else 1000 if credit > 1000 else credit
+        balance = 1000 - abs(uc - um)
+        fit = dom if cfg.pack else 1000 - dom
+        anti = 0
+        per_node = self.wl_node.get(request.workload)
+        if per_node:
+            anti += cfg.node_anti_affinity * per_node.get(i, 0)
+        z = self.zone_of[i]
+        per_zone = self.wl_zone.get(request.workload)
+        if per_zone and z >= 0:
+            anti += cfg.zone_anti_affinity * per_zone.get(z, 0)
+        total = (
+            cfg.credit_weight * credit + cfg.balance_weight * balance + cfg.fit_weight * fit - anti
+        )
+        return ScoreParts(self.ids[i], total, credit, balance, fit, -anti)
+
+    def _best_scored(self, request: PlacementRequest, candidates: Sequence[int], rh: int) -> int:
+        cfg = self.config
+        rc, rm, rp = request.resources.as_tuple()
+        free_c, free_m, free_p = self.free_c, self.free_m, self.free_p
+        cap_c, cap_m, cap_p = self.cap_c, self.cap_m, self.cap_p
+        credit, scale, node_hash = self.credit, self.credit_scale, self.node_hash
+        wc, wb, wf, pack = cfg.credit_weight, cfg.balance_weight, cfg.fit_weight, cfg.pack
+        per_node = self.wl_node.get(request.workload)
+        per_zone = self.wl_zone.get(request.workload)
+        aa_node, aa_zone, zone_of = cfg.node_anti_affinity, cfg.zone_anti_affinity, self.zone_of
+        best = -1
+        best_key = (0, 0)
+        for i in candidates:
+            cc, cm, cp = cap_c[i], cap_m[i], cap_p[i]
+            uc = (cc - free_c[i] + rc) * 1000 // cc if cc else 0
+            um = (cm - free_m[i] + rm) * 1000 // cm if cm else 0
+            up = (cp - free_p[i] + rp) * 1000 // cp if cp else 0
+            dom = uc if uc > um else um
+            if up > dom:
+                dom = up
+            total = wb * (1000 - (uc - um if uc > um else um - uc))
+            total += wf * (dom if pack else 1000 - dom)
+            if wc:
+                c = credit[i] * 1000 // scale
+                total += wc * (-1000 if c < -1000 else 1000 if c > 1000 else c)
+            if per_node:
+                total -= aa_node * per_node.get(i, 0)
+            if per_zone:
+                z = zone_of[i]
+                if z >= 0:
+                    total -= aa_zone * per_zone.get(z, 0)
+            key = (total, mix64(node_hash[i] ^ rh))
+            if best < 0 or key > best_key:
+                best, best_key = i, key
+        return best
+
+    def _choose_scored(self, request: PlacementRequest, rh: int) -> int:
+        spread = self._spread_for(request)
+        if self.n <= self.config.sample_threshold:
+            candidates = self._all_feasible(request, spread)
+        else:
+            candidates = self._candidates(request, rh, self.sample, spread)
+        return self._best_scored(request, candidates, rh) if candidates else -1
+
+    def _first_admissible(self, request: PlacementRequest, start: int) -> int:
+        rc, rm, rp = request.resources.as_tuple()
+        simple = self._simple(request)
+        spread = None if simple else self._spread_for(request)
+        for i in self.fits_from(start, rc, rm, rp):
+            if simple or self._admissible(i, request, spread):
+                return i
+        return -1
+
+    def _choose_random(self, request: PlacementRequest, rh: int) -> int:
+        return self._first_admissible(request, mix64(rh) % self.n)
+
+    def _choose_round_robin(self, request: PlacementRequest, rh: int) -> int:
+        i = self._first_admissible(request, self.rr_next % self.n)
+        if i >= 0:
+            self.rr_next = i + 1
+        return i
+
+    def _choose_power_of_two(self, request: PlacementRequest, rh: int) -> int:
+        spread = self._spread_for(request)
+        found = self._candidates(request, rh, 2, spread)
+        if not found:
+            return -1
+        return min(found, key=lambda i: (self._load_key(i), self.node_hash[i]))
+
+    def _choose_least_loaded(self, request: PlacementRequest, rh: int) -> int:
+        """Pop the least-allocated nodes off the heap until one fits (lazy updates)."""
+        rc, rm, rp = request.resources.as_tuple()
+        simple = self._simple(request)
+        spread = None if simple else self._spread_for(request)
+        heap, keys = self._heap, self._heap_key
+        skipped: list[tuple[int, int, int]] = []
+        chosen = -1
+        while heap and len(skipped) < 64:
+            entry = heapq.heappop(heap)
+            key, _, i = entry
+            if key != keys[i] or not self.usable[i]:
+                continue  # stale: the node was updated after this entry was pushed
+            if self._feasible(i, rc, rm, rp) and (simple or self._admissible(i, request, spread)):
+                chosen = i
+                skipped.append(entry)
+                break
+            skipped.append(entry)
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        if chosen < 0 and heap:
+            # The least loaded nodes cannot take it: the least loaded of a pruned scan.
+            best: list[int] = []
+            for i in self.fits_from(rh % self.n, rc, rm, rp):
+                if simple or self._admissible(i, request, spread):
+                    best.append(i)
+                    if len(best) >= 64:
+                        break
+            if best:
+                chosen = min(best, key=lambda i: (keys[i], self.node_hash[i]))
+        return chosen
+
+    def _choose_best_fit(self, request: PlacementRequest, rh: int) -> int:
+        """The node left with the least free memory (then cpu) that still fits."""
+        rc, rm, rp = request.resources.as_tuple()
+        simple = self._simple(request)
+        spread = None if simple else self._spread_for(request)
+        index = self._bestfit
+        pos = bisect_left(index, (rm, rc, -1, -1))
+        walked = 0
+        for entry in index[pos : pos + 256]:
+            i = entry[3]
+            walked += 1
+            if self._feasible(i, rc, rm, rp) and (simple or self._admissible(i, request, spread)):
+                return i
+        if pos + walked >= len(index):
+            return -1
+        best = -1
+        for i in self.fits_from(0, rc, rm, rp):
+            if (simple or self._admissible(i, request, spread)) and (
+                best < 0 or self._bestfit_key[i] < self._bestfit_key[best]
+            ):
+                best = i
+        return best
+
+    # --------------------------------------------------------------- decisions
+
+    def request_hash(self, request: PlacementRequest) -> int:
+        return stable_hash(self.seed, "request", request.replica_id)
+
+    def _tenant_cap_reason(self, request: PlacementRequest) -> str | None:
+        policy = self.snapshot.tenants.get(request.tenant)
+        if policy is None or policy.cap is None:
+            return None
+        use = self.tenant_use.get(request.tenant, [0, 0, 0])
+        want = request.resources.as_tuple()
+        cap = policy.cap.as_tuple()
+        for dim in range(3):
+            if use[dim] + want[dim] > cap[dim]:
+                return (
+                    f"tenant {request.tenant!r} is at its cap: {request.replica_id} needs "
+                    f"{_dim_phrase(dim, want[dim])} but the tenant already holds "
+                    f"{_fmt(dim, use[dim])} of its {_fmt(dim, cap[dim])} {_DIMS[dim]} cap"
+                )
+        return None
+
+    def place_one(self, request: PlacementRequest) -> Decision:
+        """Decide one request and update every index as if it had been placed."""
+        if request.replica_id in self.placed_on:
+            return Decision(
+                replica_id=request.replica_id,
+                node_id=None,
+                rule="duplicate",
+                reason=f"replica {request.replica_id} is already placed on "
+                f"{self.placed_on[request.replica_id]}",
+            )
+        capped = self._tenant_cap_reason(request)
+        if capped is not None:
+            return Decision(
+                replica_id=request.replica_id, node_id=None, rule="tenant_cap", reason=capped
+            )
+        res = request.resources
+        shape = (res.cpu_millicores, res.memory_bytes, res.pids, request.constraints)
+        simple_shape = not request.distinct_nodes and request.spread_by is None
+        if simple_shape:
+            known = self.failed_shapes.get(shape)
+            if known is not None:
+                return Decision(
+                    replica_id=request.replica_id, node_id=None, rule=known[0], reason=known[1]
+                )
+        i = self._choose(request, self.request_hash(request)) if self.n else -1
+        if i < 0:
+            rule, reason = self.why_not(request)
+            if simple_shape:
+                self.failed_shapes[shape] = (rule, reason)
+            return Decision(replica_id=request.replica_id, node_id=None, rule=rule, reason=reason)
+        self.commit(request, i)
+        return Decision(replica_id=request.replica_id, node_id=self.ids[i])
+
+    def commit(self, request: PlacementRequest, i: int) -> None:
+        """Record ``request`` as placed on node ``i``."""
+        rc, rm, rp = request.resources.as_tuple()
+        self.free_c[i] -= rc
+        self.free_m[i] -= rm
+        self.free_p[i] -= rp
+        self._tree_update(i)
+        node = self.nodes[i]
+        self.credit[i] -= placement_cost(node.capacity, request.resources)
+        self.placed_on[request.replica_id] = node.id
+        self._count_tenant(request.tenant, request.resources, +1)
+        self._count_workload(request.workload, i)
+        for spread in self.spreads_of.get(request.workload, ()):
+            value = node.label(spread.key)
+            if value is not None:
+                spread.counts[value] = spread.counts.get(value, 0) + 1
+        if self._heap_key:
+            key = self._load_key(i)
+            self._heap_key[i] = key
+            heapq.heappush(self._heap, (key, self.node_hash[i], i))
+        if self._bestfit_key:
+            old = self._bestfit_key[i]
+            pos = bisect_left(self._bestfit, old)
+            if pos < len(self._bestfit) and self._bestfit[pos] == old:
+                del self._bestfit[pos]
+            new = self._fit_key(i)
+            self._bestfit_key[i] = new
+            insort(self._bestfit, new)
+
+    def tenant_share(self, tenant: str) -> int:
+        """The tenant's dominant share of the usable cluster, in parts per billion."""
+        use = self.tenant_use.get(tenant)
+        if not use:
+            return 0
+        return max(
+            (use[d] * 1_000_000_000 // self.total[d]) if self.total[d] else 0 for d in range(3)
+        )
+
+    def place_batch(self, requests: Sequence[PlacementRequest]) -> list[Decision]:
+        """Decide ``requests`` (tenant fairness across tenants, priority within one);
+        decisions come back in the order of ``requests``."""
+        decisions: list[Decision | None] = [None] * len(requests)
+        seen: set[str] = set()
+        queues: dict[str, list[tuple[int, int]]] = {}
+        for pos, request in enumerate(requests):
+            if not isinstance(request, PlacementRequest):
+                raise InvalidInputError(
+                    f"requests[{pos}] must be a PlacementRequest, got {type(request).__name__}"
+                )
+            if request.replica_id in seen:
+                decisions[pos] = Decision(
+                    replica_id=request.replica_id,
+                    node_id=None,
+                    rule="duplicate",
+                    reason=f"replica {request.replica_id} is listed twice in this batch",
+                )
+                continue
+            seen.add(request.replica_id)
+            queues.setdefault(request.tenant, []).append((-request.priority, pos))
+        for queue in queues.values():
+            queue.sort(reverse=True)  # pop() from the end gives the highest priority first
+        tenants = self.snapshot.tenants
+        if len(queues) == 1:
+            for queue in queues.values():
+                while queue:
+                    _, pos = queue.pop()
+                    decisions[pos] = self.place_one(requests[pos])
+        else:
+            # Weighted fair order (Xen credit style): the tenant furthest below its
+            # weighted share goes next, so UNDER tenants are served before OVER ones.
+            def key(tenant: str) -> tuple[int, str]:
+                policy = tenants.get(tenant)
+                weight = policy.weight if policy is not None else 1
+                return (self.tenant_share(tenant) * 1000 // weight, tenant)
+
+            heap = [key(tenant) for tenant in queues]
+            heapq.heapify(heap)
+            while heap:
+                _, tenant = heapq.heappop(heap)
+                queue = queues[tenant]
+                _, pos = queue.pop()
+                decisions[pos] = self.place_one(requests[pos])
+                if queue:
+                    heapq.heappush(heap, key(tenant))
+        return [d for d in decisions if d is not None]
+
+    # ------------------------------------------------------------- diagnosis
+
+    def why_not(self, request: PlacementRequest) -> tuple[Rule, str]:
+        """Which rule keeps ``request`` off every node, in words a user can act on."""
+        rid = request.replica_id
+        want = request.resources.as_tuple()
+        if self.n == 0:
+            return "no_nodes", f"no nodes are known, so {rid} cannot be placed"
+        usable_count = self.n - sum(self.not_usable.values())
+        if usable_count == 0:
+            return "state", f"no node can take new work: {self._not_usable_text()}"
+        suffix = f" ({self._not_usable_text()} take no new work)" if self.not_usable else ""
+        if self._simple(request):
+            # Only resources can block it: answer from the max-tree, no scan.
+            for dim in (1, 0, 2):
+                j = self._argmax(dim)
+                free = (self.free_c, self.free_m, self.free_p)[dim][j]
+                if free < want[dim]:
+                    return "resources", (
+                        f"no node has {_dim_phrase(dim, want[dim])} free; largest free: "
+                        f"{_fmt(dim, max(free, 0))} on {self.ids[j]}{suffix}"
+                    )
+            j = self._argmax(1)
+            return "resources", (
+                f"no node has {request.resources.human()} free together; closest: "
+                f"{self.ids[j]} with {self._free_text(j)} free{suffix}"
+            )
+        usable = [i for i in range(self.n) if self.usable[i]]
+        matching = usable
+        for constraint in request.constraints:
+            kept = [i for i in matching if constraint.matches(self.nodes[i])]
+            if not kept:
+                seen = sorted(
+                    {v for i in matching if (v := self.nodes[i].label(constraint.key)) is not None}
+                )
+                values = (
+                    f"values of {constraint.key} there: {', '.join(seen)}"
+                    if seen
+                    else (f"none has the label {constraint.key}")
+                )
+                return "constraints", (
+                    f"no usable node matches constraint {constraint} "
+                    f"({len(matching)} nodes otherwise eligible; {values}){suffix}"
+                )
+            matching = kept
+        scope = (
+            f" among the {len(matching)} nodes matching {self._constraints_text(request)}"
+            if (request.constraints)
+            else ""
+        )
+        frees = (self.free_c, self.free_m, self.free_p)
+        fitting = [i for i in matching if all(frees[d][i] >= want[d] for d in range(3))]
+        if not fitting:
+            for dim in (1, 0, 2):
+                j = self._most_free(matching, frees[dim])
+                if frees[dim][j] < want[dim]:
+                    return "resources", (
+                        f"no node{scope} has {_dim_phrase(dim, want[dim])} free; largest free: "
+                        f"{_fmt(dim, max(frees[dim][j], 0))} on {self.ids[j]}{suffix}"
+                    )
+            j = max(matching, key=lambda i: (self.free_m[i], self.ids[i]))
+            return "resources", (
+                f"no node{scope} has {request.resources.human()} free together; closest: "
+                f"{self.ids[j]} with {self._free_text(j)} free{suffix}"
+            )
+        if request.distinct_nodes:
+            per_node = self.wl_node.get(request.workload, {})
+            free_of_it = [i for i in fitting if not per_node.get(i)]
+            if not free_of_it:
+                return "distinct_nodes", (
+                    f"all {len(fitting)} nodes with room{scope} already run a replica of "
+                    f"{request.workload} (distinct_nodes); add nodes or allow two replicas "
+                    f"on one node"
+                )
+            fitting = free_of_it
+        spread = self._spread_for(request)
+        if spread is not None:
+            counts = (
+                ", ".join(f"{d}: {spread.counts.get(d, 0)}" for d in sorted(spread.domains))
+                or "no node has the label"
+            )
+            lowest = spread.minimum()
+            starved = sorted(d for d in spread.domains if spread.counts.get(d, 0) == lowest)
+            return "spread", (
+                f"placing {rid} would exceed max_skew {request.max_skew} over "
+                f"{spread.key} for {request.workload} (replicas per {spread.key}: {counts}); "
+                f"the emptiest ({', '.join(starved)}) has no node with room{scope}: "
+                f"free room there or raise max_skew"
+            )
+        return "resources", f"no node could take {rid}{scope}{suffix}"  # pragma: no cover
+
+    def _most_free(self, among: Sequence[int], free: Sequence[int]) -> int:
+        return max(among, key=lambda i: (free[i], self.ids[i]))
+
+    def _not_usable_text(self) -> str:
+        return ", ".join(f"{count} {why}" for why, count in sorted(self.not_usable.items()))
+
+    def _free_text(self, i: int) -> str:
+        return (
+            f"{format_cpu(max(self.free_c[i], 0))}, {format_bytes(max(self.free_m[i], 0))} "
+            f"memory, {max(self.free_p[i], 0)} pids"
+        )
+
+    @staticmethod
+    def _constraints_text(request: PlacementRequest) -> str:
+        return ", ".join(str(c) for c in request.constraints)
+
+    def feasible_nodes(self, request: PlacementRequest) -> list[int]:
+        """Every node ``request`` could go on now (a full scan, for ``explain``)."""
+        return self._all_feasible(request, self._spread_for(request))
+
+    def free_of(self, i: int) -> Resources:
+        return Resources(max(self.free_c[i], 0), max(self.free_m[i], 0), max(self.free_p[i], 0))
+
+    def tenant_usage(self) -> Mapping[str, tuple[int, int, int]]:
+        return {t: (u[0], u[1], u[2]) for t, u in sorted(self.tenant_use.items())}
+
+
+def placements_after(
+    snapshot: Snapshot, requests: Sequence[PlacementRequest], decisions: Sequence[Decision]
+) -> list[Placement]:
+    """The snapshot's placements plus the placed decisions, for chaining batches."""
+    out = list(snapshot.placements)
+    by_id = {r.replica_id: r for r in requests}
+    for decision in decisions:
+        if decision.node_id is None:
+            continue
+        req = by_id[decision.replica_id]
+        out.append(
+            Placement(
+                replica_id=req.replica_id,
+                workload=req.workload,
+                node_id=decision.node_id,
+                resources=req.resources,
+                tenant=req.tenant,
+            )
+        )
+    return out
