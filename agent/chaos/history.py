@@ -57,6 +57,8 @@ def _apply(state: WorkloadState, op: Op) -> WorkloadState | None:
     if not state.exists:
         return None
     if op.kind == "scale":
+        if state.replicas == op.replicas:
+            return state  # no change, no new version (as the state machine does)
         return WorkloadState(True, op.replicas or 0, state.version + 1)
     return ABSENT
 

@@ -98,3 +98,8 @@ def test_schedule_is_a_function_of_the_seed() -> None:
         if fault.kind in ("partition", "partition-leader"):
             named = [t for t in fault.targets if t != LEADER]
             assert len(named) + (LEADER in fault.targets) <= 2  # a minority of 5
+
+
+def test_scaling_to_the_same_count_is_no_new_version() -> None:
+    ops = [op("create", 3, "ok", 1), op("scale", 3, "ok", 2), op("scale", 4, "ok", 3)]
+    assert possible_final_states(ops) == {WorkloadState(True, 4, 2)}
