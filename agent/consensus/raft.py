@@ -262,6 +262,7 @@ class RaftNode:
         event_buffer: int = 4096,
         autopilot_interval: float = 0.5,
         log_compaction_entries: int = 5000,
+        orphan_check_after: float = 5.0,
     ) -> None:
         if password is None or len(password) < MIN_PASSWORD_BYTES:
             raise SecretError(
@@ -297,6 +298,8 @@ class RaftNode:
         self._frozen_state_index = 0
         self._nursery: trio.Nursery | None = None
         self._saved_voters: list[str] = []
+        self._isolated_since: float | None = None
+        self._orphan_check_after = orphan_check_after
         self._tick_jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._status_cache: dict[str, Any] = {}
         self._last_leader: tuple[str | None, int, bool] | None = None
@@ -607,6 +610,7 @@ class RaftNode:
                 n.address for n in self._sync.otherNodes
             }:
                 await self._promote_self()
+            await self._check_orphaned()
             if self._frozen_state is not None and self.last_applied >= self._frozen_state_index:
                 self._frozen_state = None
             voters = self.voters()
@@ -658,6 +662,11 @@ class RaftNode:
         """The leader added us as a voter: rebuild as one (same address, voter files)."""
         voters = sorted({n.address for n in self._sync.otherNodes} | {self.self_addr})
         logger.info("raft promoted to voter self=%s voters=%s", self.self_addr, voters)
+        await self._rebuild("voter", voters)
+
+    async def _rebuild(self, role: str, voters: Sequence[str]) -> None:
+        """Replace our SyncObj by one in ``role``; answer reads from the old state until
+        the new one has replayed as far."""
         self._frozen_state = self._consumer.state if self._consumer is not None else None
         self._frozen_state_index = self.last_applied
         old = self._sync
@@ -665,11 +674,41 @@ class RaftNode:
         with trio.move_on_after(5):
             while old.tick_thread_alive():
                 await trio.sleep(0.01)
-        for path in self._files("voter"):
+        for path in self._files(role):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        self._build("voter", voters)
-        self._emit(EventKind.ROLE_CHANGED, role="voter")
+        self._build(role, voters)
+        self._emit(EventKind.ROLE_CHANGED, role=role)
+
+    async def _check_orphaned(self) -> None:
+        """A voter that hears nobody asks the other voters whether it is still one.
+
+        A voter removed while it was down (replaced by the autopilot) comes back to a
+        cluster that drops its connections; it would stay stale for ever. If a voter we
+        know answers with a voter set without us, we rejoin as a replica."""
+        others = [v for v in self.voters() if v != self.self_addr]
+        if self._role != "voter" or self.is_leader or self.leader is not None or not others:
+            self._isolated_since = None
+            return
+        now = trio.current_time()
+        if self._isolated_since is None:
+            self._isolated_since = now
+            return
+        if now - self._isolated_since < self._orphan_check_after:
+            return
+        self._isolated_since = now  # ask again only after another period
+        try:
+            voters = await trio.to_thread.run_sync(discover_voters, others, self._password, 2.0)
+        except ConsensusError:
+            return  # nobody answers: partitioned or down, not removed
+        if self.self_addr in voters or self.leader is not None:
+            return
+        logger.warning(
+            "raft voter %s was removed from the voter set %s; rejoining as a replica",
+            self.self_addr,
+            voters,
+        )
+        await self._rebuild("replica", voters)
 
     # ------------------------------------------------------------- status
 

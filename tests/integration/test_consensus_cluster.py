@@ -93,6 +93,13 @@ def test_replicas_get_promoted_and_a_dead_voter_is_replaced(cluster: Cluster) ->
     wait_for(
         lambda: spare.request("state")["fingerprint"]["node_admin"], 20, "admin state on spare"
     )
+    # The replaced voter comes back: nobody talks to it as a voter any more, so it asks,
+    # learns it was removed, and rejoins as a replica with the whole state.
+    back = cluster.restart(victim.addr)
+    cluster.set_membership()
+    wait_for(lambda: back.status()["role"] == "replica", 60, "the old voter demoted")
+    wait_for(lambda: back.request("state")["fingerprint"]["node_admin"], 30, "state on it")
+    assert voters_of(cluster.leader()) == expected
 
 
 def test_leader_sigkill_elects_a_new_leader_that_commits(cluster: Cluster) -> None:
