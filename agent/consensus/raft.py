@@ -31,17 +31,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import gzip
 import json
 import logging
 import os
+import pickle
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.syncobj
 import trio
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.journal import FileJournal, MemoryJournal
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 from pysyncobj.utility import TcpUtility, UtilityException
@@ -168,6 +172,81 @@ class _BoundTcpConnection(TcpConnection):  # type: ignore[misc]
         if self.source_host and sock is not None and self.state == CONNECTION_STATE.DISCONNECTED:
             with contextlib.suppress(OSError):
                 sock.bind((self.source_host, 0))
+
+
+class _SafeJournal(FileJournal):  # type: ignore[misc]
+    """pysyncobj's file journal with a crash-safe compaction.
+
+    pysyncobj trims the journal after a snapshot by clearing the file and appending the
+    kept entries again, in place: a SIGKILL in between leaves a journal missing the
+    newest entries. Here the kept entries go to a new file that atomically replaces
+    the old one."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        super().__init__(path)
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803 (pysyncobj's names)
+        keep = list(self._FileJournal__journal[entryTo:])
+        _rewrite_journal(self._path, keep)
+        # Reopen on the new file, keeping the commit index not yet saved to the meta file.
+        unsaved = {k: self.__dict__[k] for k in ("_FileJournal__meta", "_FileJournal__metaSaved")}
+        self._FileJournal__journalFile._destroy()
+        FileJournal.__init__(self, self._path)
+        self.__dict__.update(unsaved)
+
+
+def _rewrite_journal(path: str, entries: Sequence[tuple[Any, int, int]]) -> None:
+    """Write ``entries`` as a journal at ``path``, atomically (new file, then rename)."""
+    tmp = path + ".compact"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fresh = FileJournal(tmp)
+    for entry in entries:
+        fresh.add(*entry)
+    fresh._destroy()
+    os.replace(tmp, path)
+
+
+def _create_journal(journal_file: str | None = None) -> Any:
+    if journal_file is None:
+        return MemoryJournal()
+    return _SafeJournal(journal_file)
+
+
+# The bridge is the only user of pysyncobj in the process; every SyncObj gets the safe
+# journal (pysyncobj looks createJournal up in its own module when it builds one).
+pysyncobj.syncobj.createJournal = _create_journal
+
+
+def repair_journal(journal: str, dump: str) -> bool:
+    """Make a journal start where the snapshot ends, if a crash left it longer.
+
+    pysyncobj writes the snapshot, then trims the journal; killed in between, the
+    journal still starts before the snapshot, and on the next start pysyncobj, seeing a
+    journal that does not begin with the snapshot's last two entries, *clears* it, and
+    with it every entry after the snapshot. Trimming it here first keeps them.
+    Returns True if the journal was rewritten."""
+    if not (os.path.exists(journal) and os.path.exists(dump)):
+        return False
+    try:
+        with open(dump, "rb") as handle, gzip.GzipFile(fileobj=handle) as unzipped:
+            data = pickle.load(unzipped)
+        last, prev = tuple(data[1]), tuple(data[2])
+    except (OSError, EOFError, pickle.UnpicklingError, IndexError, TypeError, ValueError):
+        logger.warning("raft snapshot %s unreadable; leaving the journal as it is", dump)
+        return False
+    reader = FileJournal(journal)
+    entries = [tuple(reader[i]) for i in range(len(reader))]
+    reader._destroy()
+    keys = [(bytes(e[0]), e[1], e[2]) for e in entries]
+    want = ((bytes(prev[0]), prev[1], prev[2]), (bytes(last[0]), last[1], last[2]))
+    for k in range(1, len(keys) - 1):
+        if keys[k] == want[0] and keys[k + 1] == want[1]:
+            logger.warning("raft journal %s started before its snapshot; trimmed %d", journal, k)
+            _rewrite_journal(journal, entries[k:])
+            return True
+    return False
 
 
 def _make_transport(source_host: str) -> type[TCPTransport]:
@@ -503,6 +582,7 @@ class RaftNode:
                 "(pysyncobj's tick thread dies with the thread that built it)"
             )
         journal, dump = self._files(role)
+        repair_journal(journal, dump)
         t = self.timings
         conf = SyncObjConf(
             password=self._password,

@@ -210,7 +210,8 @@ def test_whole_cluster_sigkill_and_restart_loses_no_acknowledged_write(tmp_path:
         for node in cluster.live():
             wait_for(lambda n=node: workload_on(n, "after"), 30, f"caught up {node.addr}")
             names = {w["name"] for w in node.request("state")["fingerprint"]["workloads"]}
-            assert set(acked) <= names
+            missing = sorted(set(acked) - names)
+            assert not missing, (node.addr, node.status(), missing)
         after = leader.request("state")["fingerprint"]
         assert [w for w in after["workloads"] if w["name"] != "after"] == before["workloads"]
         assert any(p.name.endswith(".dump") for p in cluster.root.rglob("raft.dump"))
