@@ -1,0 +1,251 @@
+"""Real pysyncobj clusters: runner processes on loopback aliases, real SIGKILL.
+
+Timing is never asserted: every wait polls for a condition with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.consensus.harness import (
+    Cluster,
+    NodeError,
+    NodeProcess,
+    free_port,
+    make_secret,
+    wait_for,
+)
+from agent.consensus.state import PutWorkload, SetNodeAdmin
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path / "cluster")
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def voters_of(node: NodeProcess) -> list[str]:
+    return list(node.status()["voters"])
+
+
+def three_voters(c: Cluster) -> list[NodeProcess]:
+    """Bootstrap one node, join two replicas, let the autopilot promote them."""
+    first = c.add(bootstrap=True)
+    c.leader()
+    others = [c.add(join=[first.addr]) for _ in range(2)]
+    c.set_membership()
+    everyone = [first, *others]
+    wait_for(
+        lambda: all(n.status()["role"] == "voter" for n in everyone) and len(voters_of(first)) == 3,
+        60,
+        "three voters",
+    )
+    return everyone
+
+
+def workload_on(node: NodeProcess, name: str) -> dict[str, Any] | None:
+    found = node.request("workload", name=name)["workload"]
+    return dict(found) if found else None
+
+
+def test_replicas_get_promoted_and_a_dead_voter_is_replaced(cluster: Cluster) -> None:
+    nodes = three_voters(cluster)
+    spare = cluster.add(join=[nodes[0].addr])
+    cluster.set_membership()
+    assert cluster.propose(PutWorkload({"name": "web", "replicas": 3}).to_wire())["ok"]
+    # Every agent, the replica too, holds the whole state.
+    for node in [*nodes, spare]:
+        wait_for(lambda n=node: workload_on(n, "web"), 20, f"web on {node.addr}")
+    assert spare.status()["role"] == "replica"
+    assert len(voters_of(nodes[0])) == 3  # the target: no fourth voter while all are alive
+
+    # A follower dies; gossip (the fake membership) says so; the spare replaces it.
+    leader = cluster.leader()
+    victim = next(n for n in nodes if n is not leader)
+    victim.kill()
+    cluster.set_membership()
+    expected = sorted(n.addr for n in [*nodes, spare] if n is not victim)
+    seen: list[list[str]] = []
+
+    def replaced() -> bool:
+        voters = voters_of(leader)
+        if not seen or seen[-1] != voters:
+            seen.append(voters)
+        return voters == expected
+
+    wait_for(replaced, 60, "the dead voter replaced")
+    # Never fewer than 3 voters on the way: the spare was added before the victim left.
+    assert all(len(v) >= 3 for v in seen), seen
+    wait_for(lambda: spare.status()["role"] == "voter", 20, "spare is a voter")
+    result = cluster.propose(SetNodeAdmin("n1", draining=True).to_wire())
+    assert result["ok"]
+    wait_for(
+        lambda: spare.request("state")["fingerprint"]["node_admin"], 20, "admin state on spare"
+    )
+
+
+def test_leader_sigkill_elects_a_new_leader_that_commits(cluster: Cluster) -> None:
+    three_voters(cluster)
+    old = cluster.leader()
+    old.kill()
+    new = cluster.leader(timeout=30)
+    assert new.addr != old.addr
+    result = cluster.propose(PutWorkload({"name": "after", "replicas": 1}).to_wire())
+    assert result["ok"]
+    # The old leader comes back (same address and data dir), follows, and catches up.
+    back = cluster.restart(old.addr)
+    wait_for(lambda: workload_on(back, "after"), 30, "the restarted node catches up")
+    assert back.status()["role"] == "voter"
+
+
+class ChainClient:
+    """Appends 0, 1, 2, ... to one workload's spec with CAS, through leader changes.
+
+    A write is acknowledged when a node answers with the committed result. An
+    unacknowledged write is retried with the same request id (the state dedupes), so
+    whatever the leader kills do, the chain must end up as exactly the acknowledged
+    items, in order, each once."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.acked: list[int] = []
+        self.version = 0
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def wait_progress(self, writes: int) -> None:
+        start = len(self.acked)
+        wait_for(lambda: len(self.acked) >= start + writes or self.errors, 60, "client progress")
+
+    def run(self) -> None:
+        items: list[int] = []
+        n = 0
+        while not self.stop.is_set():
+            spec = {"name": "chain", "replicas": 1, "items": [*items, n]}
+            wire = PutWorkload(spec, expected_version=self.version).to_wire()
+            try:
+                result = self.cluster.propose(wire, timeout=60)
+            except (TimeoutError, NodeError) as exc:
+                self.errors.append(f"write {n} never acknowledged: {exc}")
+                return
+            if not result.get("ok"):
+                self.errors.append(f"write {n} refused: {result}")
+                return
+            items.append(n)
+            self.acked.append(n)
+            self.version = int(result["version"])
+            n += 1
+
+
+def test_history_every_acknowledged_write_survives_repeated_leader_kills(
+    cluster: Cluster,
+) -> None:
+    three_voters(cluster)
+    client = ChainClient(cluster)
+    thread = threading.Thread(target=client.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(3):
+            client.wait_progress(5)
+            leader = cluster.leader(timeout=30)
+            leader.kill()
+            cluster.leader(timeout=30)
+            cluster.restart(leader.addr)
+        client.wait_progress(5)
+    finally:
+        client.stop.set()
+        thread.join(90)
+    assert not client.errors, client.errors
+    acked = list(client.acked)
+    assert len(acked) > 15
+    for node in cluster.live():
+
+        def converged(n: NodeProcess = node) -> bool:
+            found = workload_on(n, "chain")
+            return bool(found) and found["version"] == client.version  # type: ignore[index]
+
+        wait_for(converged, 30, f"chain on {node.addr}")
+        chain = workload_on(node, "chain")
+        assert chain is not None
+        assert chain["spec"]["items"] == acked  # every acknowledged write, once, in order
+        assert chain["version"] == len(acked) + 0  # one version per write, no duplicates
+
+
+def test_whole_cluster_sigkill_and_restart_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    # Compaction every 40 entries, so the restart reads a snapshot *and* a journal.
+    cluster = Cluster(tmp_path / "cluster", compaction_entries=40)
+    try:
+        three_voters(cluster)
+        acked = []
+        for i in range(120):
+            result = cluster.propose(PutWorkload({"name": f"w{i}", "replicas": 1}).to_wire())
+            assert result["ok"]
+            acked.append(f"w{i}")
+        before = cluster.leader().request("state")["fingerprint"]
+        for node in list(cluster.nodes.values()):
+            node.kill()
+        for addr in list(cluster.nodes):
+            cluster.restart(addr)
+        leader = cluster.leader(timeout=60)
+        # A write after the restart commits too.
+        assert cluster.propose(PutWorkload({"name": "after", "replicas": 1}).to_wire())["ok"]
+        for node in cluster.live():
+            wait_for(lambda n=node: workload_on(n, "after"), 30, f"caught up {node.addr}")
+            names = {w["name"] for w in node.request("state")["fingerprint"]["workloads"]}
+            assert set(acked) <= names
+        after = leader.request("state")["fingerprint"]
+        assert [w for w in after["workloads"] if w["name"] != "after"] == before["workloads"]
+        assert any(p.name.endswith(".dump") for p in cluster.root.rglob("raft.dump"))
+    finally:
+        cluster.close()
+
+
+def test_a_wrong_secret_cannot_join(cluster: Cluster, tmp_path: Path) -> None:
+    first = cluster.add(bootstrap=True)
+    cluster.leader()
+    assert cluster.propose(PutWorkload({"name": "secret", "replicas": 1}).to_wire())["ok"]
+    intruder = NodeProcess(
+        f"127.0.0.250:{free_port('127.0.0.250')}",
+        tmp_path / "intruder",
+        make_secret(tmp_path / "other-secret"),
+        join=[first.addr],
+    )
+    with pytest.raises(NodeError, match="cannot join Raft: no member answered"):
+        intruder.start(timeout=60)
+    intruder.kill()
+    status = first.status()
+    assert status["replica_connections"] == 0
+    assert status["voters"] == [first.addr]
+
+
+def test_an_unknown_voter_address_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    """A node claiming to be a voter that the cluster never added gets no state."""
+    first = cluster.add(bootstrap=True)
+    cluster.leader()
+    assert cluster.propose(PutWorkload({"name": "x", "replicas": 1}).to_wire())["ok"]
+    rogue_dir = tmp_path / "rogue"
+    rogue_dir.mkdir()
+    rogue_addr = f"127.0.0.249:{free_port('127.0.0.249')}"
+    (rogue_dir / "raft-meta.json").write_text(
+        f'{{"role": "voter", "self": "{rogue_addr}", "voters": ["{first.addr}", "{rogue_addr}"]}}'
+    )
+    rogue = NodeProcess(rogue_addr, rogue_dir, cluster.secret)
+    try:
+        rogue.start()
+        time.sleep(2)
+        assert workload_on(rogue, "x") is None
+        assert rogue.status()["leader"] != rogue_addr or rogue.status()["commit_index"] <= 1
+        assert first.status()["voters"] == [first.addr]
+    finally:
+        rogue.kill()
