@@ -14,6 +14,7 @@ Routes (all JSON; errors are ``{"error": message, "status": code}``)::
     GET    /v1/nodes/{name}
     POST   /v1/nodes/{name}/drain            {"draining": true|false}
     POST   /v1/nodes/{name}/eligibility      {"eligible": true|false}
+    POST   /v1/plan                          dry run {spec}: where replicas would go, and why
     GET    /v1/members                       gossip's view
     GET    /v1/status                        Raft and this agent
     GET    /v1/logs/{replica}?tail=N&follow=1  newline-delimited {"line": ...} objects
@@ -73,6 +74,7 @@ class Backend(Protocol):
     async def set_node_admin(
         self, name: str, *, draining: bool | None, eligible: bool | None
     ) -> dict[str, Any]: ...
+    async def plan_workload(self, spec: dict[str, Any]) -> dict[str, Any]: ...
     async def members(self) -> list[dict[str, Any]]: ...
     async def status(self) -> dict[str, Any]: ...
     def logs(self, replica: str, *, tail: int | None, follow: bool) -> AsyncIterator[bytes]: ...
@@ -173,6 +175,7 @@ class ApiApp:
         self._add("GET", "/v1/nodes/{name}", b.h_get_node)
         self._add("POST", "/v1/nodes/{name}/drain", b.h_drain_node, write=True)
         self._add("POST", "/v1/nodes/{name}/eligibility", b.h_node_eligibility, write=True)
+        self._add("POST", "/v1/plan", b.h_plan)
         self._add("GET", "/v1/members", b.h_members)
         self._add("GET", "/v1/status", b.h_status)
         self._add("GET", "/v1/logs/{replica}", b.h_logs)
@@ -362,6 +365,10 @@ class ApiApp:
                 request.params["name"], draining=None, eligible=eligible
             )
         )
+
+    async def h_plan(self, request: Request) -> JsonResponse:
+        spec, _ = self._spec_from(request.json())
+        return JsonResponse(await self.backend.plan_workload(spec))
 
     async def h_members(self, request: Request) -> JsonResponse:
         return JsonResponse({"members": await self.backend.members()})

@@ -139,6 +139,7 @@ def run(
     constraints: tuple[str, ...],
     wait: bool,
     timeout: float,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
     """Run a workload: `hypha run web --replicas 3 -- httpd -f -p 8080`, or `-f web.toml`."""
@@ -148,6 +149,20 @@ def run(
         name, file, image, replicas, cpu, memory, env, restart, constraints, command
     )
     client = state.client()
+    if dry_run:
+        planned = client.post("/v1/plan", {"spec": spec.to_dict()})
+        if as_json:
+            emit_json(planned)
+            return
+        rows = [
+            (r["replica_id"], r.get("node") or "-", r.get("reason") or "")
+            for r in planned["replicas"]
+        ]
+        print_table(["REPLICA", "NODE", "WHY NOT"], rows)
+        if planned.get("text"):
+            click.echo("")
+            click.echo(planned["text"])
+        return
     result = client.post("/v1/workloads", {"spec": spec.to_dict()})
     if not wait:
         if as_json:

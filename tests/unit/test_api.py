@@ -74,6 +74,9 @@ class FakeBackend:
         self._write()
         return {"name": name, "draining": draining, "eligible": eligible}
 
+    async def plan_workload(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"name": WorkloadSpec.from_dict(spec).name, "replicas": []}
+
     async def members(self) -> list[dict[str, Any]]:
         return [{"name": "n1", "state": "alive"}]
 
