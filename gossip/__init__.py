@@ -27,6 +27,7 @@ from gossip.errors import (
     WireError,
 )
 from gossip.keyring import Keyring, generate_key
+from gossip.service import GossipService
 from gossip.wire import Address
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "GossipError",
     "GossipEvent",
     "GossipNode",
+    "GossipService",
     "JoinError",
     "KeyChanged",
     "Keyring",
