@@ -81,10 +81,16 @@ def pidfd_exited(pidfd: int) -> bool:
     return bool(ready)
 
 
-def try_reap(pidfd: int) -> int | None:
-    """Reap the process if it is our child and has ended; return its wait status."""
+def try_reap(pidfd: int, *, exited: bool = False) -> int | None:
+    """Reap the process if it is our child and has ended; return its exit code.
+
+    With ``exited`` (its pidfd polled readable) a child is reaped even if it is not
+    waitable yet: the kernel can report the exit a moment before the zombie is.
+    """
     try:
         result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)
+        if result is None and exited:
+            result = os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
     except ChildProcessError:
         return None
     if result is None:
@@ -135,7 +141,7 @@ class PidWatch:
 
     def _finish(self) -> None:
         assert self.pidfd is not None
-        self.reaped_code = try_reap(self.pidfd)
+        self.reaped_code = try_reap(self.pidfd, exited=True)
         self.done = True
 
     def close(self) -> None:
@@ -248,7 +254,7 @@ class ShimPool:
     def _collect(self) -> None:
         for fd in list(self._reap):
             if pidfd_exited(fd):
-                try_reap(fd)
+                try_reap(fd, exited=True)
                 os.close(fd)
                 self._reap.remove(fd)
 

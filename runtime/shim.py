@@ -269,6 +269,7 @@ def main() -> int:
         return drain() if log_r in ready else True
 
     if error is not None:
+        os.waitpid(first_pid, 0)  # it is exiting: end of the error pipe came first
         reap()
         write_json_atomic(
             os.path.join(directory, "exit.json"),
