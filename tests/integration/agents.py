@@ -318,6 +318,23 @@ class LocalCluster:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+        reap_orphans()
+
+
+def reap_orphans(wait: float = 2.0) -> None:
+    """Reap children of this (test) process that exited.
+
+    A driver in this process may have made it a child subreaper, so the shims of a
+    SIGKILLed agent are re-parented here: reap them now rather than leaving zombies
+    for the next test to trip over."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no children at all
+        if pid == 0:
+            time.sleep(0.1)
 
     def dump(self) -> str:
         parts = []
