@@ -204,6 +204,9 @@ class OciDriver(ShimDriver):
         image = spec.image
         if (image / "oci-layout").is_file():
             image = await self.unpack_layout(image)
+        if not (spec.writable_root or (image / spec.cwd.lstrip("/")).is_dir()):
+            # The runtime would create it inside the shared, read-only image.
+            raise SpecError("cwd", f"{spec.cwd} is not a directory in the image")
         bundle = directory / "bundle"
         bundle.mkdir()
         umount: list[str] = []
