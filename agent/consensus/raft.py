@@ -31,17 +31,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import gzip
 import json
 import logging
 import os
+import pickle
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.syncobj
 import trio
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.journal import FileJournal, MemoryJournal
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 from pysyncobj.utility import TcpUtility, UtilityException
@@ -170,6 +174,81 @@ class _BoundTcpConnection(TcpConnection):  # type: ignore[misc]
                 sock.bind((self.source_host, 0))
 
 
+class _SafeJournal(FileJournal):  # type: ignore[misc]
+    """pysyncobj's file journal with a crash-safe compaction.
+
+    pysyncobj trims the journal after a snapshot by clearing the file and appending the
+    kept entries again, in place: a SIGKILL in between leaves a journal missing the
+    newest entries. Here the kept entries go to a new file that atomically replaces
+    the old one."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        super().__init__(path)
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803 (pysyncobj's names)
+        keep = list(self._FileJournal__journal[entryTo:])
+        _rewrite_journal(self._path, keep)
+        # Reopen on the new file, keeping the commit index not yet saved to the meta file.
+        unsaved = {k: self.__dict__[k] for k in ("_FileJournal__meta", "_FileJournal__metaSaved")}
+        self._FileJournal__journalFile._destroy()
+        FileJournal.__init__(self, self._path)
+        self.__dict__.update(unsaved)
+
+
+def _rewrite_journal(path: str, entries: Sequence[tuple[Any, int, int]]) -> None:
+    """Write ``entries`` as a journal at ``path``, atomically (new file, then rename)."""
+    tmp = path + ".compact"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fresh = FileJournal(tmp)
+    for entry in entries:
+        fresh.add(*entry)
+    fresh._destroy()
+    os.replace(tmp, path)
+
+
+def _create_journal(journal_file: str | None = None) -> Any:
+    if journal_file is None:
+        return MemoryJournal()
+    return _SafeJournal(journal_file)
+
+
+# The bridge is the only user of pysyncobj in the process; every SyncObj gets the safe
+# journal (pysyncobj looks createJournal up in its own module when it builds one).
+pysyncobj.syncobj.createJournal = _create_journal
+
+
+def repair_journal(journal: str, dump: str) -> bool:
+    """Make a journal start where the snapshot ends, if a crash left it longer.
+
+    pysyncobj writes the snapshot, then trims the journal; killed in between, the
+    journal still starts before the snapshot, and on the next start pysyncobj, seeing a
+    journal that does not begin with the snapshot's last two entries, *clears* it, and
+    with it every entry after the snapshot. Trimming it here first keeps them.
+    Returns True if the journal was rewritten."""
+    if not (os.path.exists(journal) and os.path.exists(dump)):
+        return False
+    try:
+        with open(dump, "rb") as handle, gzip.GzipFile(fileobj=handle) as unzipped:
+            data = pickle.load(unzipped)
+        last, prev = tuple(data[1]), tuple(data[2])
+    except (OSError, EOFError, pickle.UnpicklingError, IndexError, TypeError, ValueError):
+        logger.warning("raft snapshot %s unreadable; leaving the journal as it is", dump)
+        return False
+    reader = FileJournal(journal)
+    entries = [tuple(reader[i]) for i in range(len(reader))]
+    reader._destroy()
+    keys = [(bytes(e[0]), e[1], e[2]) for e in entries]
+    want = ((bytes(prev[0]), prev[1], prev[2]), (bytes(last[0]), last[1], last[2]))
+    for k in range(1, len(keys) - 1):
+        if keys[k] == want[0] and keys[k + 1] == want[1]:
+            logger.warning("raft journal %s started before its snapshot; trimmed %d", journal, k)
+            _rewrite_journal(journal, entries[k:])
+            return True
+    return False
+
+
 def _make_transport(source_host: str) -> type[TCPTransport]:
     class _BoundTransport(TCPTransport):  # type: ignore[misc]
         def addNode(self, node: Any) -> None:  # noqa: N802
@@ -262,6 +341,7 @@ class RaftNode:
         event_buffer: int = 4096,
         autopilot_interval: float = 0.5,
         log_compaction_entries: int = 5000,
+        orphan_check_after: float = 5.0,
     ) -> None:
         if password is None or len(password) < MIN_PASSWORD_BYTES:
             raise SecretError(
@@ -297,6 +377,8 @@ class RaftNode:
         self._frozen_state_index = 0
         self._nursery: trio.Nursery | None = None
         self._saved_voters: list[str] = []
+        self._isolated_since: float | None = None
+        self._orphan_check_after = orphan_check_after
         self._tick_jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._status_cache: dict[str, Any] = {}
         self._last_leader: tuple[str | None, int, bool] | None = None
@@ -500,6 +582,7 @@ class RaftNode:
                 "(pysyncobj's tick thread dies with the thread that built it)"
             )
         journal, dump = self._files(role)
+        repair_journal(journal, dump)
         t = self.timings
         conf = SyncObjConf(
             password=self._password,
@@ -607,6 +690,7 @@ class RaftNode:
                 n.address for n in self._sync.otherNodes
             }:
                 await self._promote_self()
+            await self._check_orphaned()
             if self._frozen_state is not None and self.last_applied >= self._frozen_state_index:
                 self._frozen_state = None
             voters = self.voters()
@@ -658,6 +742,11 @@ class RaftNode:
         """The leader added us as a voter: rebuild as one (same address, voter files)."""
         voters = sorted({n.address for n in self._sync.otherNodes} | {self.self_addr})
         logger.info("raft promoted to voter self=%s voters=%s", self.self_addr, voters)
+        await self._rebuild("voter", voters)
+
+    async def _rebuild(self, role: str, voters: Sequence[str]) -> None:
+        """Replace our SyncObj by one in ``role``; answer reads from the old state until
+        the new one has replayed as far."""
         self._frozen_state = self._consumer.state if self._consumer is not None else None
         self._frozen_state_index = self.last_applied
         old = self._sync
@@ -665,11 +754,41 @@ class RaftNode:
         with trio.move_on_after(5):
             while old.tick_thread_alive():
                 await trio.sleep(0.01)
-        for path in self._files("voter"):
+        for path in self._files(role):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        self._build("voter", voters)
-        self._emit(EventKind.ROLE_CHANGED, role="voter")
+        self._build(role, voters)
+        self._emit(EventKind.ROLE_CHANGED, role=role)
+
+    async def _check_orphaned(self) -> None:
+        """A voter that hears nobody asks the other voters whether it is still one.
+
+        A voter removed while it was down (replaced by the autopilot) comes back to a
+        cluster that drops its connections; it would stay stale for ever. If a voter we
+        know answers with a voter set without us, we rejoin as a replica."""
+        others = [v for v in self.voters() if v != self.self_addr]
+        if self._role != "voter" or self.is_leader or self.leader is not None or not others:
+            self._isolated_since = None
+            return
+        now = trio.current_time()
+        if self._isolated_since is None:
+            self._isolated_since = now
+            return
+        if now - self._isolated_since < self._orphan_check_after:
+            return
+        self._isolated_since = now  # ask again only after another period
+        try:
+            voters = await trio.to_thread.run_sync(discover_voters, others, self._password, 2.0)
+        except ConsensusError:
+            return  # nobody answers: partitioned or down, not removed
+        if self.self_addr in voters or self.leader is not None:
+            return
+        logger.warning(
+            "raft voter %s was removed from the voter set %s; rejoining as a replica",
+            self.self_addr,
+            voters,
+        )
+        await self._rebuild("replica", voters)
 
     # ------------------------------------------------------------- status
 

@@ -93,19 +93,21 @@ class Runner:
         return {"latencies": latencies}
 
     async def bench_placements(self, total: int, batch: int, concurrency: int) -> dict[str, Any]:
+        """Place ``total`` replicas (workloads of up to 5,000) in batches of ``batch``."""
         node = self.node
-        name = "bench-place"
-        result = await node.propose(PutWorkload({"name": name, "replicas": total}), timeout=10)
-        version = int(result["version"])
+        per_workload = 5000
+        entries: list[PlacementEntry] = []
+        for w, first in enumerate(range(0, total, per_workload)):
+            count = min(per_workload, total - first)
+            name = f"bench-place-{w}"
+            result = await node.propose(PutWorkload({"name": name, "replicas": count}), timeout=10)
+            version = int(result["version"])
+            entries += [
+                PlacementEntry(f"{name}-{i}", f"node-{i % 50}", version) for i in range(count)
+            ]
         batches = [
-            SetPlacements(
-                node.term,
-                tuple(
-                    PlacementEntry(f"{name}-{i}", f"node-{i % 50}", version)
-                    for i in range(start, min(start + batch, total))
-                ),
-            )
-            for start in range(0, total, batch)
+            SetPlacements(node.term, tuple(entries[start : start + batch]))
+            for start in range(0, len(entries), batch)
         ]
         applied = 0
         limiter = trio.Semaphore(concurrency)

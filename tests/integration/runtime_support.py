@@ -17,7 +17,7 @@ BUSYBOX_ROOTFS_CACHE = Path(tempfile.gettempdir()) / "hypha-test-runtime-busybox
 
 
 def children_of(pid: int) -> dict[int, str]:
-    """Processes whose parent is ``pid``: {child pid: state letter} (Z for zombies)."""
+    """Processes whose parent is ``pid``: {child pid: "state-letter command-name"}."""
     found: dict[int, str] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -29,7 +29,8 @@ def children_of(pid: int) -> dict[int, str]:
             continue
         fields = stat[stat.rindex(b")") + 2 :].split()
         if int(fields[1]) == pid:
-            found[int(entry)] = fields[0].decode()
+            comm = stat[stat.index(b"(") + 1 : stat.rindex(b")")].decode(errors="replace")
+            found[int(entry)] = f"{fields[0].decode()} {comm}"
     return found
 
 
