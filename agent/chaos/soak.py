@@ -145,6 +145,10 @@ class Soak:
         self.deaths: list[DeathSample] = []
         self.slow: list[SlowWindow] = []
         self._stop = threading.Event()
+        self._writing = threading.Event()  # cleared: the client finishes its op and waits
+        self._writing.set()
+        self._idle = threading.Event()  # set while the client is not in the middle of an op
+        self._threads: list[threading.Thread] = []
         self._t0 = 0.0
         self._lock = threading.Lock()
 
@@ -159,6 +163,11 @@ class Soak:
         rng = random.Random(self.seed + 1)
         believed: dict[str, int | None] = {name: None for name in self.workload_names}
         while not self._stop.is_set():
+            if not self._writing.is_set():
+                self._idle.set()
+                self._writing.wait()
+                continue
+            self._idle.clear()
             name = rng.choice(self.workload_names)
             current = believed[name]
             if current is None:
@@ -183,6 +192,7 @@ class Soak:
                 believed[name] = 1  # it exists after all; scale it next time
             elif outcome == "fail" and ("no workload" in detail or "not_found" in detail):
                 believed[name] = None
+            self._idle.set()
             self._stop.wait(rng.uniform(0.3, 1.0))
 
     def _write(
@@ -352,50 +362,71 @@ class Soak:
         return violations
 
     # -- the run ---------------------------------------------------------------
-    def run(self) -> SoakReport:
-        threads: list[threading.Thread] = []
+    def start(self) -> None:
+        """Start the cluster, the client and the observer."""
+        self.log(f"starting {len(self.cluster.agents)} agents under {self.cluster.base}")
+        self.cluster.start()
+        self._t0 = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._writer, name="soak-writer", daemon=True),
+            threading.Thread(target=self._observer, name="soak-observer", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def step(self, fault: Fault) -> FaultResult | None:
+        """Apply one fault, heal it, and time the convergence; ``None`` if it had no target."""
+        targets = self._resolve(fault)
+        if not targets:
+            return None
+        started = self.now()
+        self.log(f"+{started:.1f}s {fault.kind} {','.join(targets)} ({fault.hold:.1f}s)")
+        self.apply(fault, targets)
+        took = self.wait_converged(2 * CONVERGE_LIMIT)
+        note = ""
+        if took is None or took > CONVERGE_LIMIT:
+            shown = "never" if took is None else f"{took:.1f}s"
+            note = f"did not converge within {CONVERGE_LIMIT:.0f}s ({shown})"
+            self.report.violations.append(Violation("convergence", f"{fault.kind}: {note}"))
+        result = FaultResult(fault, targets, started, took, note)
+        self.report.results.append(result)
+        self.log(f"    converged in {took:.1f}s" if took is not None else f"    {note}")
+        return result
+
+    def check(self) -> list[Violation]:
+        """Quiesce the client, wait for convergence, and check every invariant so far."""
+        self._writing.clear()
+        self._idle.wait(timeout=60)
         try:
-            self.log(f"starting {len(self.cluster.agents)} agents under {self.cluster.base}")
-            self.cluster.start()
-            self._t0 = time.monotonic()
-            threads = [
-                threading.Thread(target=self._writer, name="soak-writer", daemon=True),
-                threading.Thread(target=self._observer, name="soak-observer", daemon=True),
-            ]
-            for thread in threads:
-                thread.start()
+            violations = list(self.report.violations)
+            if self.wait_converged(2 * CONVERGE_LIMIT) is None:
+                violations.append(Violation("convergence", "the cluster did not converge"))
+            violations += self.final_check()
+            return violations
+        finally:
+            self._writing.set()
+
+    def close(self) -> None:
+        """Stop the client and observer, remove every rule, stop the cluster."""
+        self._stop.set()
+        self._writing.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        with contextlib.suppress(faults.ChaosError):
+            faults.heal(self.tag)
+        self.cluster.stop()
+
+    def run(self) -> SoakReport:
+        """The whole soak: start, faults until ``duration``, check, close."""
+        try:
+            self.start()
             time.sleep(3.0)  # some workloads first
             for fault in self.schedule:
                 if self.now() >= self.duration:
                     break
-                targets = self._resolve(fault)
-                if not targets:
-                    continue
-                started = self.now()
-                self.log(f"+{started:.1f}s {fault.kind} {','.join(targets)} ({fault.hold:.1f}s)")
-                self.apply(fault, targets)
-                took = self.wait_converged(2 * CONVERGE_LIMIT)
-                note = ""
-                if took is None or took > CONVERGE_LIMIT:
-                    shown = "never" if took is None else f"{took:.1f}s"
-                    note = f"did not converge within {CONVERGE_LIMIT:.0f}s ({shown})"
-                    self.report.violations.append(Violation("convergence", f"{fault.kind}: {note}"))
-                self.report.results.append(FaultResult(fault, targets, started, took, note))
-                self.log(f"    converged in {took:.1f}s" if took is not None else f"    {note}")
-                time.sleep(2.0)
-            self._stop.set()
-            for thread in threads:
-                thread.join(timeout=30)
-            if self.wait_converged(2 * CONVERGE_LIMIT) is None:
-                self.report.violations.append(
-                    Violation("convergence", "the cluster did not converge at the end")
-                )
-            self.report.violations += self.final_check()
+                if self.step(fault) is not None:
+                    time.sleep(2.0)
+            self.report.violations = self.check()
             return self.report
         finally:
-            self._stop.set()
-            for thread in threads:
-                thread.join(timeout=30)
-            with contextlib.suppress(faults.ChaosError):
-                faults.heal(self.tag)
-            self.cluster.stop()
+            self.close()
