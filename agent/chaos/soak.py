@@ -149,6 +149,7 @@ class Soak:
         self._writing.set()
         self._idle = threading.Event()  # set while the client is not in the middle of an op
         self._threads: list[threading.Thread] = []
+        self.last_reason: str | None = None
         self._t0 = 0.0
         self._lock = threading.Lock()
 
@@ -247,6 +248,14 @@ class Soak:
             self._stop.wait(0.3)
 
     # -- faults ----------------------------------------------------------------
+    def leader_agent(self) -> AgentProcess | None:
+        """The agent that says it leads (asked directly, not through gossip)."""
+        for agent in self._live_agents():
+            status = status_of(agent)
+            if status and status.get("state") == "leader":
+                return agent
+        return None
+
     def leader_name(self) -> str | None:
         for agent in self._live_agents():
             status = status_of(agent)
@@ -305,31 +314,53 @@ class Soak:
 
     # -- convergence and the final check ----------------------------------------
     def converged(self) -> bool:
+        return self.not_converged_because() is None
+
+    def not_converged_because(self) -> str | None:
+        """``None`` when the cluster has converged, else the first reason it has not."""
         agents = self._live_agents()
         if len(agents) != len(self.cluster.agents):
-            return False
+            return f"{len(self.cluster.agents) - len(agents)} agent(s) not running"
         leaders = set()
+        statuses = {}
         for agent in agents:
             status = status_of(agent)
-            if status is None or not status.get("leader"):
-                return False
+            if status is None:
+                return f"{agent.name} does not answer"
+            if not status.get("leader"):
+                return f"{agent.name} knows no leader"
             leaders.add(status["leader"])
-            if status.get("members_alive") != len(self.cluster.agents):
-                return False
+            statuses[agent.name] = status
+            alive = status.get("members_alive")
+            if alive != len(self.cluster.agents):
+                return f"{agent.name} sees {alive} members alive"
         if len(leaders) != 1:
-            return False
+            return f"agents disagree on the leader: {sorted(leaders)}"
+        leader = self.leader_agent()
+        if leader is None:
+            return "no agent says it is the leader"
+        committed = int(statuses[leader.name].get("commit_index") or 0)
+        for name, status in statuses.items():
+            applied = int(status.get("last_applied") or 0)
+            if applied + 50 < committed:  # the leader keeps writing; allow a little lag
+                return f"{name} lags: applied {applied} of {committed} committed"
         try:
-            client = self.cluster.client()
+            client = leader.client()
             workloads = client.get("/v1/workloads")["workloads"]
             rows = client.get("/v1/replicas")["replicas"]
-        except (HyphaError, KeyError):
-            return False
-        if any(w["running"] != w["replicas"] for w in workloads):
-            return False
+        except (HyphaError, KeyError) as exc:
+            return f"cannot read workloads: {exc}"
+        for w in workloads:
+            if w["running"] != w["replicas"]:
+                return f"{w['name']} runs {w['running']} of {w['replicas']}"
         placed = {r["replica_id"]: r["node"] for r in rows}
         real = self.cluster.replica_processes()
         running = {rid for rids in real.values() for rid in rids}
-        return running == set(placed) and not check_placement(self._view(placed, real))
+        if running != set(placed):
+            extra, missing = sorted(running - set(placed)), sorted(set(placed) - running)
+            return f"processes differ from placements: extra {extra}, missing {missing}"
+        wrong = check_placement(self._view(placed, real))
+        return str(wrong[0]) if wrong else None
 
     @staticmethod
     def _view(placed: dict[str, str], real: dict[str, set[str]]) -> ReplicaView:
@@ -341,15 +372,19 @@ class Soak:
 
     def wait_converged(self, limit: float) -> float | None:
         start = time.monotonic()
+        reason: str | None = "not checked"
         while time.monotonic() - start < limit:
-            if self.converged():
+            reason = self.not_converged_because()
+            if reason is None:
                 return time.monotonic() - start
             time.sleep(0.25)
+        self.last_reason = reason
         return None
 
     def final_check(self) -> list[Violation]:
         violations: list[Violation] = []
-        client = self.cluster.client()
+        leader = self.leader_agent()
+        client = leader.client() if leader is not None else self.cluster.client()
         final: dict[str, WorkloadState] = {}
         for w in client.get("/v1/workloads")["workloads"]:
             final[w["name"]] = WorkloadState(True, int(w["replicas"]), int(w["version"]))
@@ -387,6 +422,8 @@ class Soak:
         if took is None or took > CONVERGE_LIMIT:
             shown = "never" if took is None else f"{took:.1f}s"
             note = f"did not converge within {CONVERGE_LIMIT:.0f}s ({shown})"
+            if took is None:
+                note += f": {self.last_reason}"
             self.report.violations.append(Violation("convergence", f"{fault.kind}: {note}"))
         result = FaultResult(fault, targets, started, took, note)
         self.report.results.append(result)
