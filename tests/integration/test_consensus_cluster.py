@@ -116,6 +116,38 @@ def test_leader_sigkill_elects_a_new_leader_that_commits(cluster: Cluster) -> No
     assert back.status()["role"] == "voter"
 
 
+def test_five_voters_survive_two_leader_kills(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "five", target_voters=5)
+    try:
+        first = cluster.add(bootstrap=True)
+        cluster.leader()
+        others = [cluster.add(join=[first.addr]) for _ in range(4)]
+        cluster.set_membership()
+        everyone = [first, *others]
+        wait_for(
+            lambda: (
+                all(n.status()["role"] == "voter" for n in everyone)
+                and len(voters_of(cluster.leader())) == 5
+            ),
+            90,
+            "five voters",
+        )
+        for round_ in range(2):
+            old = cluster.leader()
+            old.kill()
+            cluster.set_membership()
+            new = cluster.leader(timeout=30)
+            assert new.addr != old.addr
+            wire = PutWorkload({"name": f"after-{round_}", "replicas": 1}).to_wire()
+            assert cluster.propose(wire)["ok"]
+        for node in cluster.live():
+            wait_for(lambda n=node: workload_on(n, "after-1"), 30, f"after-1 on {node.addr}")
+        # Two of five dead and no replica to replace them: the voter set stays as it is.
+        assert len(voters_of(cluster.leader())) == 5
+    finally:
+        cluster.close()
+
+
 class ChainClient:
     """Appends 0, 1, 2, ... to one workload's spec with CAS, through leader changes.
 
