@@ -5,6 +5,7 @@ Timing is never asserted: every wait polls for a condition with a generous deadl
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from agent.consensus.harness import (
     make_secret,
     wait_for,
 )
-from agent.consensus.state import PutWorkload, SetNodeAdmin
+from agent.consensus.state import PlacementEntry, PutWorkload, SetNodeAdmin, SetPlacements
 
 pytestmark = pytest.mark.slow
 
@@ -289,3 +290,66 @@ def test_an_unknown_voter_address_is_refused(cluster: Cluster, tmp_path: Path) -
         assert first.status()["voters"] == [first.addr]
     finally:
         rogue.kill()
+
+
+class Partition:
+    """iptables INPUT drops between one node and others, on exactly their Raft ports."""
+
+    COMMENT = "hypha-test-consensus"
+
+    def __init__(self, iptables: str) -> None:
+        self.iptables = iptables
+        self.rules: list[list[str]] = []
+
+    def cut(self, a: str, b: str) -> None:
+        (host_a, port_a), (host_b, port_b) = (x.rsplit(":", 1) for x in (a, b))
+        for src, dst, port_flag, port in (
+            (host_a, host_b, "--dport", port_b),
+            (host_b, host_a, "--sport", port_b),
+            (host_b, host_a, "--dport", port_a),
+            (host_a, host_b, "--sport", port_a),
+        ):
+            rule = ["-p", "tcp", "-s", src, "-d", dst, port_flag, port]
+            rule += ["-m", "comment", "--comment", self.COMMENT, "-j", "DROP"]
+            subprocess.run([self.iptables, "-I", "INPUT", *rule], check=True)
+            self.rules.append(rule)
+
+    def heal(self) -> None:
+        while self.rules:
+            rule = self.rules.pop()
+            subprocess.run([self.iptables, "-D", "INPUT", *rule], check=False)
+
+
+def test_isolated_leader_steps_down_and_its_term_goes_stale(
+    cluster: Cluster, iptables_path: str
+) -> None:
+    nodes = three_voters(cluster)
+    old = cluster.leader()
+    old_term = int(old.status()["term"])
+    assert cluster.propose(PutWorkload({"name": "web", "replicas": 2}).to_wire())["ok"]
+    partition = Partition(iptables_path)
+    try:
+        for other in nodes:
+            if other is not old:
+                partition.cut(old.addr, other.addr)
+        # The majority elects a new leader; the isolated one gives up leadership after
+        # leaderFallbackTimeout instead of believing in itself for pysyncobj's 30 s.
+        majority = [n for n in nodes if n is not old]
+        wait_for(lambda: any(n.status()["state"] == "leader" for n in majority), 30, "a new leader")
+        wait_for(lambda: old.status()["state"] != "leader", 30, "the old leader stepping down")
+        answer = old.request(
+            "propose",
+            timeout=20,
+            wire=PutWorkload({"name": "lost", "replicas": 1}).to_wire(),
+            deadline=2,
+        )
+        assert "result" not in answer  # no majority, no acknowledgement
+    finally:
+        partition.heal()
+    new = cluster.leader(timeout=30)
+    assert new.addr != old.addr and int(new.status()["term"]) > old_term
+    # A placement decided in the old term is refused once the new term is applied.
+    stale = SetPlacements(old_term, (PlacementEntry("web-0", "n1", 1),)).to_wire()
+    assert cluster.propose(stale)["error"] == "stale_term"
+    wait_for(lambda: old.status()["leader"] == new.addr, 30, "the old leader following")
+    wait_for(lambda: old.request("state")["fingerprint"]["term"] > old_term, 30, "caught up")
