@@ -42,8 +42,26 @@ def status(state: CliState, as_json: bool) -> None:
     if as_json:
         emit_json(data)
         return
-    for key in sorted(data):
+    shown = [
+        ("node", "node"),
+        ("state", "raft role"),
+        ("leader_node", "leader"),
+        ("leader", "leader raft"),
+        ("term", "term"),
+        ("commit_index", "commit index"),
+        ("voters", "voters"),
+        ("replicas", "raft replicas"),
+        ("members_alive", "members alive"),
+        ("workloads", "workloads"),
+        ("placements", "placements"),
+        ("driver", "driver"),
+        ("api", "api"),
+        ("version", "version"),
+        ("rescheduling_paused", "paused"),
+    ]
+    keys = [(k, label) for k, label in shown if k in data] or [(k, k) for k in sorted(data)]
+    for key, label in keys:
         value = data[key]
         if isinstance(value, list):
             value = ", ".join(str(v) for v in value) or "-"
-        click.echo(f"{key + ':':<16}{value}")
+        click.echo(f"{label + ':':<15}{value}")

@@ -123,6 +123,7 @@ def spec_from_flags(
     show_default=True,
     help="Seconds --wait waits before giving up (exit 1).",
 )
+@click.option("--dry-run", is_flag=True, help="Only show where the replicas would go, and why.")
 @json_option
 @click.pass_obj
 def run(
