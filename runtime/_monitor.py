@@ -28,6 +28,7 @@ from runtime.errors import RuntimeNotFoundError
 
 PR_SET_CHILD_SUBREAPER = 36
 SHIM_PATH = Path(__file__).with_name("shim.py")
+PIPE_CAPACITY = 65536
 
 _subreaper_set = False
 
@@ -162,15 +163,20 @@ class Shim:
         self._stdout_fd = stdout_fd
 
     async def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Send the job; return the shim's first report (started, created or error)."""
+        """Send the job; return the shim's first report (started, created or error).
+
+        Our end of its stdin stays open until ``release``: the shim waits for that
+        before its cleanup, so it never deletes a container we are still starting.
+        """
         data = (json.dumps(job) + "\n").encode()
-        out = trio.lowlevel.FdStream(self._stdin_fd)
         events = trio.lowlevel.FdStream(self._stdout_fd)
-        self._stdin_fd = self._stdout_fd = -1
+        self._stdout_fd = -1
         try:
-            with contextlib.suppress(trio.BrokenResourceError):
-                await out.send_all(data)  # if it died first, we see end of output below
-            await out.aclose()
+            with contextlib.suppress(BrokenPipeError):  # it died: we see end of output below
+                if len(data) <= PIPE_CAPACITY:  # an empty pipe takes it without blocking
+                    _write_all(self._stdin_fd, data)
+                else:
+                    await trio.to_thread.run_sync(_write_all, self._stdin_fd, data)
             buffer = b""
             while b"\n" not in buffer:
                 chunk = await events.receive_some(65536)
@@ -180,8 +186,13 @@ class Shim:
             event: dict[str, Any] = json.loads(buffer.split(b"\n", 1)[0])
             return event
         finally:
-            await out.aclose()
             await events.aclose()
+
+    def release(self) -> None:
+        """Done starting: let the shim clean up after the container when it ends."""
+        if self._stdin_fd >= 0:
+            os.close(self._stdin_fd)
+            self._stdin_fd = -1
 
     def discard(self) -> None:
         """Close a spare that will get no job: it reads end of file and exits."""
@@ -189,6 +200,12 @@ class Shim:
             if fd >= 0:
                 os.close(fd)
         self._stdin_fd = self._stdout_fd = -1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class ShimPool:

@@ -160,15 +160,19 @@ class ShimDriver:
             )
             # spec.json last: a directory with it is a container to adopt.
             (directory / "spec.json").write_text(json.dumps(spec.to_dict()))
-            event = await shim.run(job)
-            if event.get("event") == "error":
-                with trio.move_on_after(KILL_TIMEOUT):
-                    await record.shim.wait()
-                raise StartError(f"{spec.id}: {await self.start_failed(record, event)}")
-            record.main_pid = int(event["pid"])
-            record.main_pidfd = open_pidfd(record.main_pid)
-            record.started_at = float(event["started_at"])
-            await self.after_start(record, event)
+            try:
+                event = await shim.run(job)
+                if event.get("event") == "error":
+                    shim.release()
+                    with trio.move_on_after(KILL_TIMEOUT):
+                        await record.shim.wait()
+                    raise StartError(f"{spec.id}: {await self.start_failed(record, event)}")
+                record.main_pid = int(event["pid"])
+                record.main_pidfd = open_pidfd(record.main_pid)
+                record.started_at = float(event["started_at"])
+                await self.after_start(record, event)
+            finally:
+                shim.release()
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._discard(spec.id, directory, record)

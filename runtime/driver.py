@@ -21,6 +21,7 @@ Contract (checked by tests/integration/test_runtime_conformance.py for every dri
 from __future__ import annotations
 
 import builtins
+import os
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -125,12 +126,32 @@ def open_driver(
         return driver, "process: plain child processes (asked for)"
     if kind not in ("auto", "oci"):
         raise SpecError("driver", f"{kind!r} is not one of auto, oci, process, mock")
-    # The oci driver lands in the next step; until then auto means process.
+    from runtime.oci import OciDriver
+
+    found = find_oci_runtime(runtime_path)
     if kind == "oci":
-        raise RuntimeNotFoundError("the oci driver is not available in this build yet")
+        if found is None:
+            raise RuntimeNotFoundError(
+                "no OCI runtime found: install youki, runc or crun, or give its path"
+            )
+        oci = OciDriver(state_dir=state_dir, prefix=prefix, runtime_path=found)
+        return oci, f"oci: {oci.version} at {oci.runtime_path} (asked for)"
+    # auto: a real container runtime when it can work here, else plain processes.
     from runtime.process import ProcessDriver
 
-    return (
-        ProcessDriver(state_dir=state_dir, prefix=prefix),
-        "process: the oci driver is not available in this build yet",
-    )
+    if found is None:
+        return (
+            ProcessDriver(state_dir=state_dir, prefix=prefix),
+            "process: no OCI runtime (youki, runc, crun) on PATH",
+        )
+    if os.geteuid() != 0:
+        return (
+            ProcessDriver(state_dir=state_dir, prefix=prefix),
+            f"process: {found.name} found but containers need root (running as uid {os.geteuid()})",
+        )
+    try:
+        oci = OciDriver(state_dir=state_dir, prefix=prefix, runtime_path=found)
+    except RuntimeNotFoundError as exc:
+        return ProcessDriver(state_dir=state_dir, prefix=prefix), f"process: {exc}"
+    how = "given path" if runtime_path is not None else "first of youki, runc, crun on PATH"
+    return oci, f"oci: {oci.version} at {oci.runtime_path} ({how})"

@@ -36,6 +36,7 @@ from typing import Any
 PR_SET_CHILD_SUBREAPER = 36
 MNT_DETACH = 2
 DRAIN_AFTER_EXIT = 2.0  # seconds to keep reading output left by the container's children
+START_TIMEOUT = 120.0  # the longest an agent may take between create and start
 
 
 class RotatingLog:
@@ -181,6 +182,19 @@ def oom_kills(paths: list[str]) -> int:
     return 0
 
 
+def wait_until_closed(fd: int, timeout: float) -> None:
+    """Wait for end of file on ``fd`` (the agent finished, or died), at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                if not os.read(fd, 4096):
+                    return
+            except OSError:
+                return
+
+
 def run_cleanup(job: dict[str, Any], libc: Any) -> bool:
     ok = True
     for argv in job.get("cleanup") or []:
@@ -220,6 +234,8 @@ def main() -> int:
         return 0  # the agent closed us without a job
     job = json.loads(line)
     directory = job["dir"]
+    # The agent closes its end of our stdin once it is done starting the container.
+    starting = os.dup(0)
     devnull = os.open("/dev/null", os.O_RDWR)
     os.dup2(devnull, 0)
     diag = os.open(os.path.join(directory, "shim.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -293,8 +309,9 @@ def main() -> int:
                 os.path.join(directory, "exit.json"),
                 {"exit_code": None, "error": f"create exited {code}", "finished_at": time.time()},
             )
-            run_cleanup(job, libc)
             report({"event": "error", "code": code})
+            wait_until_closed(starting, START_TIMEOUT)
+            run_cleanup(job, libc)
             return 0
         main_pid = read_pid_file(job["pid_file"])
         event = "created"
@@ -331,6 +348,7 @@ def main() -> int:
     }
     write_json_atomic(os.path.join(directory, "exit.json"), result)
     report({"event": "exited", **result})
+    wait_until_closed(starting, START_TIMEOUT)
     if run_cleanup(job, libc):
         with open(os.path.join(directory, "cleaned"), "w"):
             pass

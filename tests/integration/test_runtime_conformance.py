@@ -32,7 +32,7 @@ from tests.integration.runtime_support import (
     no_leaks,
 )
 
-KINDS = ["mock", "process"]  # oci joins with the oci driver
+KINDS = ["mock", "process", "oci"]
 
 
 def new_state_dir() -> Path:
