@@ -85,6 +85,8 @@ async def test_bootstrap_propose_events_status_and_a_replica(tmp_path: Path) -> 
         nursery.cancel_scope.cancel()
     # Cancelling serve() stops pysyncobj's tick threads.
     assert not any(sync.tick_thread_alive() for sync in syncs)
+    assert RaftNode.has_local_state(tmp_path / "a") and RaftNode.has_local_state(tmp_path / "b")
+    assert not RaftNode.has_local_state(tmp_path / "c")
 
 
 @pytest.mark.slow
