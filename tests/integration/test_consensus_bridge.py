@@ -102,3 +102,16 @@ async def test_propose_times_out_without_a_quorum(tmp_path: Path) -> None:
         with pytest.raises(ConsensusError, match="not committed within"):
             await node.propose(PutWorkload({"name": "web", "replicas": 1}), timeout=1.5)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+async def test_serve_fails_loudly_when_the_tick_thread_dies(tmp_path: Path) -> None:
+    node = RaftNode(free_address(), tmp_path, PASSWORD, bootstrap=True)
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.serve)
+            await wait_until(lambda: node.is_leader_ready)
+            node._sync.destroy()  # what a crash of pysyncobj's thread looks like from here
+            await trio.sleep(30)
+    matched, _rest = caught.value.split(ConsensusError)
+    assert matched is not None and "tick thread died" in repr(matched)

@@ -188,38 +188,66 @@ class ChainClient:
             n += 1
 
 
+class CreateClient(ChainClient):
+    """Creates u0, u1, ... (create-only CAS): a write applied twice would come back to
+    its writer as a conflict, a lost one would be missing afterwards."""
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            wire = PutWorkload({"name": f"u{n}", "replicas": 1}, expected_version=0).to_wire()
+            try:
+                result = self.cluster.propose(wire, timeout=60)
+            except (TimeoutError, NodeError) as exc:
+                self.errors.append(f"create {n} never acknowledged: {exc}")
+                return
+            if not result.get("ok") or result.get("version") != 1:
+                self.errors.append(f"create {n} answered {result}")
+                return
+            self.acked.append(n)
+            n += 1
+
+
 def test_history_every_acknowledged_write_survives_repeated_leader_kills(
     cluster: Cluster,
 ) -> None:
     three_voters(cluster)
-    client = ChainClient(cluster)
-    thread = threading.Thread(target=client.run, daemon=True)
-    thread.start()
+    chain, creates = ChainClient(cluster), CreateClient(cluster)
+    threads = [threading.Thread(target=c.run, daemon=True) for c in (chain, creates)]
+    for thread in threads:
+        thread.start()
     try:
         for _ in range(3):
-            client.wait_progress(5)
+            chain.wait_progress(5)
             leader = cluster.leader(timeout=30)
             leader.kill()
             cluster.leader(timeout=30)
             cluster.restart(leader.addr)
-        client.wait_progress(5)
+        chain.wait_progress(5)
+        creates.wait_progress(5)
     finally:
-        client.stop.set()
-        thread.join(90)
-    assert not client.errors, client.errors
-    acked = list(client.acked)
+        chain.stop.set()
+        creates.stop.set()
+        for thread in threads:
+            thread.join(90)
+    assert not chain.errors and not creates.errors, chain.errors + creates.errors
+    acked = list(chain.acked)
     assert len(acked) > 15
     for node in cluster.live():
 
         def converged(n: NodeProcess = node) -> bool:
             found = workload_on(n, "chain")
-            return bool(found) and found["version"] == client.version  # type: ignore[index]
+            return bool(found) and found["version"] == chain.version  # type: ignore[index]
 
         wait_for(converged, 30, f"chain on {node.addr}")
-        chain = workload_on(node, "chain")
-        assert chain is not None
-        assert chain["spec"]["items"] == acked  # every acknowledged write, once, in order
-        assert chain["version"] == len(acked) + 0  # one version per write, no duplicates
+        found = workload_on(node, "chain")
+        assert found is not None
+        assert found["spec"]["items"] == acked  # every acknowledged write, once, in order
+        assert found["version"] == len(acked)  # one version per write, no duplicates
+        workloads = node.request("state")["fingerprint"]["workloads"]
+        created = {w["name"]: w["version"] for w in workloads if w["name"].startswith("u")}
+        for n in creates.acked:
+            assert created.get(f"u{n}") == 1, (node.addr, n)
 
 
 def test_whole_cluster_sigkill_and_restart_loses_no_acknowledged_write(tmp_path: Path) -> None:
