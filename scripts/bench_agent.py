@@ -139,7 +139,6 @@ def main() -> None:
     if driver in ("auto", "oci"):
         try:
             import runtime.oci  # noqa: F401
-
             from runtime.rootfs import build_busybox_rootfs
 
             if os.geteuid() != 0 or not runc:

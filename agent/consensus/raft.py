@@ -389,6 +389,13 @@ class RaftNode:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
 
+    @staticmethod
+    def has_local_state(data_dir: Path | str) -> bool:
+        """True if ``data_dir`` holds a node's Raft data: it restarts in its old role and
+        needs neither ``bootstrap`` nor ``join_via`` (so an agent restarting with the whole
+        cluster need not wait for peers to be reachable first)."""
+        return (Path(data_dir) / META_FILE).exists()
+
     # ------------------------------------------------------------------ state
 
     @property

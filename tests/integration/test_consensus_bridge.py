@@ -85,6 +85,8 @@ async def test_bootstrap_propose_events_status_and_a_replica(tmp_path: Path) -> 
         nursery.cancel_scope.cancel()
     # Cancelling serve() stops pysyncobj's tick threads.
     assert not any(sync.tick_thread_alive() for sync in syncs)
+    assert RaftNode.has_local_state(tmp_path / "a") and RaftNode.has_local_state(tmp_path / "b")
+    assert not RaftNode.has_local_state(tmp_path / "c")
 
 
 @pytest.mark.slow
@@ -100,3 +102,16 @@ async def test_propose_times_out_without_a_quorum(tmp_path: Path) -> None:
         with pytest.raises(ConsensusError, match="not committed within"):
             await node.propose(PutWorkload({"name": "web", "replicas": 1}), timeout=1.5)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+async def test_serve_fails_loudly_when_the_tick_thread_dies(tmp_path: Path) -> None:
+    node = RaftNode(free_address(), tmp_path, PASSWORD, bootstrap=True)
+    with pytest.raises(BaseExceptionGroup) as caught:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.serve)
+            await wait_until(lambda: node.is_leader_ready)
+            node._sync.destroy()  # what a crash of pysyncobj's thread looks like from here
+            await trio.sleep(30)
+    matched, _rest = caught.value.split(ConsensusError)
+    assert matched is not None and "tick thread died" in repr(matched)

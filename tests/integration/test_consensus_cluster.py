@@ -5,6 +5,7 @@ Timing is never asserted: every wait polls for a condition with a generous deadl
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from agent.consensus.harness import (
     make_secret,
     wait_for,
 )
-from agent.consensus.state import PutWorkload, SetNodeAdmin
+from agent.consensus.state import PlacementEntry, PutWorkload, SetNodeAdmin, SetPlacements
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +117,38 @@ def test_leader_sigkill_elects_a_new_leader_that_commits(cluster: Cluster) -> No
     assert back.status()["role"] == "voter"
 
 
+def test_five_voters_survive_two_leader_kills(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "five", target_voters=5)
+    try:
+        first = cluster.add(bootstrap=True)
+        cluster.leader()
+        others = [cluster.add(join=[first.addr]) for _ in range(4)]
+        cluster.set_membership()
+        everyone = [first, *others]
+        wait_for(
+            lambda: (
+                all(n.status()["role"] == "voter" for n in everyone)
+                and len(voters_of(cluster.leader())) == 5
+            ),
+            90,
+            "five voters",
+        )
+        for round_ in range(2):
+            old = cluster.leader()
+            old.kill()
+            cluster.set_membership()
+            new = cluster.leader(timeout=30)
+            assert new.addr != old.addr
+            wire = PutWorkload({"name": f"after-{round_}", "replicas": 1}).to_wire()
+            assert cluster.propose(wire)["ok"]
+        for node in cluster.live():
+            wait_for(lambda n=node: workload_on(n, "after-1"), 30, f"after-1 on {node.addr}")
+        # Two of five dead and no replica to replace them: the voter set stays as it is.
+        assert len(voters_of(cluster.leader())) == 5
+    finally:
+        cluster.close()
+
+
 class ChainClient:
     """Appends 0, 1, 2, ... to one workload's spec with CAS, through leader changes.
 
@@ -155,38 +188,66 @@ class ChainClient:
             n += 1
 
 
+class CreateClient(ChainClient):
+    """Creates u0, u1, ... (create-only CAS): a write applied twice would come back to
+    its writer as a conflict, a lost one would be missing afterwards."""
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            wire = PutWorkload({"name": f"u{n}", "replicas": 1}, expected_version=0).to_wire()
+            try:
+                result = self.cluster.propose(wire, timeout=60)
+            except (TimeoutError, NodeError) as exc:
+                self.errors.append(f"create {n} never acknowledged: {exc}")
+                return
+            if not result.get("ok") or result.get("version") != 1:
+                self.errors.append(f"create {n} answered {result}")
+                return
+            self.acked.append(n)
+            n += 1
+
+
 def test_history_every_acknowledged_write_survives_repeated_leader_kills(
     cluster: Cluster,
 ) -> None:
     three_voters(cluster)
-    client = ChainClient(cluster)
-    thread = threading.Thread(target=client.run, daemon=True)
-    thread.start()
+    chain, creates = ChainClient(cluster), CreateClient(cluster)
+    threads = [threading.Thread(target=c.run, daemon=True) for c in (chain, creates)]
+    for thread in threads:
+        thread.start()
     try:
         for _ in range(3):
-            client.wait_progress(5)
+            chain.wait_progress(5)
             leader = cluster.leader(timeout=30)
             leader.kill()
             cluster.leader(timeout=30)
             cluster.restart(leader.addr)
-        client.wait_progress(5)
+        chain.wait_progress(5)
+        creates.wait_progress(5)
     finally:
-        client.stop.set()
-        thread.join(90)
-    assert not client.errors, client.errors
-    acked = list(client.acked)
+        chain.stop.set()
+        creates.stop.set()
+        for thread in threads:
+            thread.join(90)
+    assert not chain.errors and not creates.errors, chain.errors + creates.errors
+    acked = list(chain.acked)
     assert len(acked) > 15
     for node in cluster.live():
 
         def converged(n: NodeProcess = node) -> bool:
             found = workload_on(n, "chain")
-            return bool(found) and found["version"] == client.version  # type: ignore[index]
+            return bool(found) and found["version"] == chain.version  # type: ignore[index]
 
         wait_for(converged, 30, f"chain on {node.addr}")
-        chain = workload_on(node, "chain")
-        assert chain is not None
-        assert chain["spec"]["items"] == acked  # every acknowledged write, once, in order
-        assert chain["version"] == len(acked) + 0  # one version per write, no duplicates
+        found = workload_on(node, "chain")
+        assert found is not None
+        assert found["spec"]["items"] == acked  # every acknowledged write, once, in order
+        assert found["version"] == len(acked)  # one version per write, no duplicates
+        workloads = node.request("state")["fingerprint"]["workloads"]
+        created = {w["name"]: w["version"] for w in workloads if w["name"].startswith("u")}
+        for n in creates.acked:
+            assert created.get(f"u{n}") == 1, (node.addr, n)
 
 
 def test_whole_cluster_sigkill_and_restart_loses_no_acknowledged_write(tmp_path: Path) -> None:
@@ -257,3 +318,66 @@ def test_an_unknown_voter_address_is_refused(cluster: Cluster, tmp_path: Path) -
         assert first.status()["voters"] == [first.addr]
     finally:
         rogue.kill()
+
+
+class Partition:
+    """iptables INPUT drops between one node and others, on exactly their Raft ports."""
+
+    COMMENT = "hypha-test-consensus"
+
+    def __init__(self, iptables: str) -> None:
+        self.iptables = iptables
+        self.rules: list[list[str]] = []
+
+    def cut(self, a: str, b: str) -> None:
+        (host_a, port_a), (host_b, port_b) = (x.rsplit(":", 1) for x in (a, b))
+        for src, dst, port_flag, port in (
+            (host_a, host_b, "--dport", port_b),
+            (host_b, host_a, "--sport", port_b),
+            (host_b, host_a, "--dport", port_a),
+            (host_a, host_b, "--sport", port_a),
+        ):
+            rule = ["-p", "tcp", "-s", src, "-d", dst, port_flag, port]
+            rule += ["-m", "comment", "--comment", self.COMMENT, "-j", "DROP"]
+            subprocess.run([self.iptables, "-I", "INPUT", *rule], check=True)
+            self.rules.append(rule)
+
+    def heal(self) -> None:
+        while self.rules:
+            rule = self.rules.pop()
+            subprocess.run([self.iptables, "-D", "INPUT", *rule], check=False)
+
+
+def test_isolated_leader_steps_down_and_its_term_goes_stale(
+    cluster: Cluster, iptables_path: str
+) -> None:
+    nodes = three_voters(cluster)
+    old = cluster.leader()
+    old_term = int(old.status()["term"])
+    assert cluster.propose(PutWorkload({"name": "web", "replicas": 2}).to_wire())["ok"]
+    partition = Partition(iptables_path)
+    try:
+        for other in nodes:
+            if other is not old:
+                partition.cut(old.addr, other.addr)
+        # The majority elects a new leader; the isolated one gives up leadership after
+        # leaderFallbackTimeout instead of believing in itself for pysyncobj's 30 s.
+        majority = [n for n in nodes if n is not old]
+        wait_for(lambda: any(n.status()["state"] == "leader" for n in majority), 30, "a new leader")
+        wait_for(lambda: old.status()["state"] != "leader", 30, "the old leader stepping down")
+        answer = old.request(
+            "propose",
+            timeout=20,
+            wire=PutWorkload({"name": "lost", "replicas": 1}).to_wire(),
+            deadline=2,
+        )
+        assert "result" not in answer  # no majority, no acknowledgement
+    finally:
+        partition.heal()
+    new = cluster.leader(timeout=30)
+    assert new.addr != old.addr and int(new.status()["term"]) > old_term
+    # A placement decided in the old term is refused once the new term is applied.
+    stale = SetPlacements(old_term, (PlacementEntry("web-0", "n1", 1),)).to_wire()
+    assert cluster.propose(stale)["error"] == "stale_term"
+    wait_for(lambda: old.status()["leader"] == new.addr, 30, "the old leader following")
+    wait_for(lambda: old.request("state")["fingerprint"]["term"] > old_term, 30, "caught up")
