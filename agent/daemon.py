@@ -691,8 +691,9 @@ class Agent:
     async def status(self) -> dict[str, Any]:
         raft_status = dict(self.raft.status())
         leader_name = None
+        leader = self.raft.leader or getattr(self.state, "leader", None)
         for name, state in self.gossip.states().items():
-            if _json(state.get("raft")) == self.raft.leader:
+            if leader and _json(state.get("raft")) == leader:
                 leader_name = name
         raft_status.update(
             {
