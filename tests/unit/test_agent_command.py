@@ -55,7 +55,7 @@ def test_config_file_errors_name_the_key(tmp_path: Path) -> None:
     config.write_text('[agent]\nname = "a"\nbind = "127.0.0.9:0"\nvoterz = 3\n')
     line = one_line_error(hypha("agent", "--config", str(config)))
     assert "unknown key 'voterz'" in line
-    config.write_text('name = "a"\nbind = "0.0.0.0:7946"\ndata_dir = "%s"\n' % tmp_path)
+    config.write_text(f'name = "a"\nbind = "0.0.0.0:7946"\ndata_dir = "{tmp_path}"\n')
     assert hypha("keygen", "-o", str(tmp_path / "secret")).returncode == 0
     line = one_line_error(hypha("agent", "--config", str(config)))
     assert "advertise" in line
