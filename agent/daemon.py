@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
 import signal
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -67,6 +69,8 @@ PROPOSE_TIMEOUT = 10.0
 JOIN_TIMEOUT = 30.0
 PUBLISH_INTERVAL = 5.0
 LEADER_WAIT = 5.0
+RAFT_SYNC_TIMEOUT = 30.0
+PEERS_FILE = "gossip-peers.json"
 
 
 def container_prefix(name: str) -> str:
@@ -132,6 +136,7 @@ class Agent:
                     on_report=self._publish_replicas,
                 )
                 self.leader_loop = self._make_leader_loop()
+                await self._wait_for_raft_sync()
                 reconciler_scope = trio.CancelScope()
                 await nursery.start(self._run_reconciler, reconciler_scope)
                 nursery.start_soon(self.leader_loop.run)
@@ -266,6 +271,45 @@ class Agent:
             except gossip.GossipError as exc:
                 raise GossipUnavailableError(f"join: {exc}") from exc
             log.info("joined the cluster", extra={"members": known})
+        else:
+            remembered = self._remembered_peers()
+            if remembered:
+                # A restart without --join: find the cluster where we last saw it.
+                try:
+                    known = await self.gossip.join(remembered, timeout=10.0)
+                    log.info("rejoined remembered peers", extra={"members": known})
+                except gossip.GossipError as exc:
+                    log.warning("no remembered peer answered", extra={"error": str(exc)})
+
+    def _peers_path(self) -> Path:
+        return self.config.data_dir / PEERS_FILE
+
+    def _remembered_peers(self) -> list[tuple[str, int]]:
+        try:
+            data = json.loads(self._peers_path().read_text())
+        except (OSError, ValueError):
+            return []
+        own = (self.advertise_host, self.gossip_port)
+        peers = []
+        for item in data if isinstance(data, list) else []:
+            if isinstance(item, list) and len(item) == 2:
+                address = (str(item[0]), int(item[1]))
+                if address != own:
+                    peers.append(address)
+        return peers
+
+    def _remember_peers(self) -> None:
+        peers = sorted(
+            [m.address[0], m.address[1]]
+            for m in self.gossip.members()
+            if m.state == "alive" and m.name != self.name
+        )
+        if not peers:
+            return
+        path = self._peers_path()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(peers))
+        os.replace(tmp, path)
 
     # -- raft --------------------------------------------------------------------------
     def _raft_addr(self) -> str:
@@ -315,6 +359,21 @@ class Agent:
         )
         await nursery.start(self.raft.serve)
         self.gossip.set("raft", encode(self.raft_address))
+
+    async def _wait_for_raft_sync(self) -> None:
+        """Before acting on placements, hear from a leader and apply what it committed:
+        a restarted agent's journal may be stale (its replicas may have moved), and
+        acting on it would start a replica that now runs elsewhere."""
+        with trio.move_on_after(RAFT_SYNC_TIMEOUT) as scope:
+            while not (
+                self.raft.leader is not None and self.raft.last_applied >= self.raft.commit_index
+            ):
+                await trio.sleep(0.05)
+        if scope.cancelled_caught:
+            log.warning(
+                "raft not in sync; reconciling from the local state",
+                extra={"timeout": RAFT_SYNC_TIMEOUT},
+            )
 
     def _raft_membership(self) -> list[str]:
         """Raft addresses of the members gossip sees alive, for the autopilot."""
@@ -440,6 +499,8 @@ class Agent:
         while True:
             await trio.sleep(PUBLISH_INTERVAL)
             self._publish_dynamic()
+            with contextlib.suppress(OSError):
+                self._remember_peers()
 
     # -- views -------------------------------------------------------------------------
     def _spec(self, name: str, version: int, spec_dict: Mapping[str, Any]) -> WorkloadSpec:
@@ -796,8 +857,6 @@ class Agent:
 
 
 def _json(text: Any) -> Any:
-    import json
-
     if text is None:
         return None
     try:
