@@ -71,6 +71,7 @@ PUBLISH_INTERVAL = 5.0
 LEADER_WAIT = 5.0
 RAFT_SYNC_TIMEOUT = 30.0
 PEERS_FILE = "gossip-peers.json"
+PENDING_BYTES = 900
 
 
 def container_prefix(name: str) -> str:
@@ -599,7 +600,20 @@ class Agent:
             commit_placements=commit_placements,
             remove_placements=remove_placements,
             commit_credits=commit_credits,
+            on_pending=self._publish_pending,
         )
+
+    def _publish_pending(self, pending: dict[str, str]) -> None:
+        """The leader tells everyone why replicas have no home (as much as fits a datagram)."""
+        shown: dict[str, str] = {}
+        size = 2
+        for rid in sorted(pending):
+            reason = pending[rid][:160]
+            size += len(rid) + len(reason) + 8
+            if size > PENDING_BYTES:
+                break
+            shown[rid] = reason
+        self._set_if_changed("pending", encode(shown))
 
     async def _propose_quietly(self, command: cstate.Command) -> dict[str, Any] | None:
         """The leader's own writes: a lost leadership or a timeout is retried next step."""
@@ -653,7 +667,7 @@ class Agent:
     async def list_replicas(self, workload: str | None) -> list[dict[str, Any]]:
         views = self.node_views()
         placements = {p.replica_id: p for p in self.state.placements()}
-        pending = self.leader_loop.pending if self.leader_loop is not None else {}
+        pending = self._pending_reasons()
         rows = []
         for record in sorted(self.state.workloads(), key=lambda r: r.name):
             if workload is not None and record.name != workload:
@@ -686,6 +700,16 @@ class Agent:
                         row["state"] = "lost"
                 rows.append(row)
         return rows
+
+    def _pending_reasons(self) -> dict[str, str]:
+        if self.raft.is_leader and self.leader_loop is not None:
+            return dict(self.leader_loop.pending)
+        leader = self.raft.leader or getattr(self.state, "leader", None)
+        for state in self.gossip.states().values():
+            if leader and _json(state.get("raft")) == leader:
+                found = _json(state.get("pending"))
+                return found if isinstance(found, dict) else {}
+        return {}
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         counts: dict[str, int] = {}

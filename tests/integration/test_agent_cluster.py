@@ -240,3 +240,16 @@ def test_errors_as_a_new_user_meets_them(
     assert row["exit_code"] == 3 and row["restarts"] == 1
     assert "exited (3)" in hypha_cli(api, "ps").stdout
     assert hypha_cli(api, "rm", "crash").returncode == 0
+
+    # A replica that fits nowhere is pending, and every agent says why.
+    result = hypha_cli(api, "run", "huge", *image, "--memory", "900Gi", "--", "true")
+    assert result.returncode == 0, result.stderr
+
+    def pending_reason() -> str | None:
+        rows = as_json(hypha_cli(api, "ps", "huge", "--json"))["replicas"]
+        reason: str | None = rows[0]["error"] if rows[0]["state"] == "pending" else None
+        return reason
+
+    reason = wait_until(pending_reason, 30, "a pending reason on a follower")
+    assert "memory" in reason, reason
+    assert hypha_cli(api, "rm", "huge").returncode == 0
