@@ -204,6 +204,11 @@ class ApiApp:
             response = JsonResponse(
                 {"error": str(exc), "status": _status_for(exc)}, _status_for(exc)
             )
+        except Exception as exc:
+            # A bug in Hypha: log the traceback, answer JSON the CLI shows in one line.
+            log.exception("internal error", extra={"path": scope.get("path")})
+            detail = f"internal error in the agent: {type(exc).__name__}: {exc} (see its log)"
+            response = JsonResponse({"error": detail, "status": 500}, 500)
         if isinstance(response, JsonResponse):
             await _send_json(send, response.status, response.data)
             return

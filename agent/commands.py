@@ -5,6 +5,8 @@ More commands register themselves on ``agent.cli.cli`` from their own modules.
 
 from __future__ import annotations
 
+import time
+
 import click
 
 from agent.cli import CliState, cli, emit_json, json_option, print_table
@@ -26,11 +28,22 @@ def members(state: CliState, as_json: bool) -> None:
             m.get("state"),
             m.get("incarnation"),
             m.get("generation"),
-            m.get("since"),
+            _since(m.get("since")),
         )
         for m in data.get("members", [])
     ]
     print_table(["NAME", "ADDRESS", "STATE", "INCARNATION", "GENERATION", "SINCE"], rows)
+
+
+def _since(stamp: float | None) -> str:
+    """How long ago a member's state last changed, for people (``--json`` has the time)."""
+    if not stamp:
+        return "-"
+    seconds = max(0, int(time.time() - stamp))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
 
 
 @cli.command()
