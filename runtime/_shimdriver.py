@@ -99,7 +99,10 @@ class ShimDriver:
         self.log_backups = max(0, log_backups)
         self.root = self.state_dir / self.kind
         self.containers_dir = self.root / "containers"
-        self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise DriverError(f"cannot use state_dir {self.state_dir}: {exc.strerror}") from exc
         set_child_subreaper()
         self._pool = ShimPool(self.root / "spare.pid")
         self._records: dict[str, Record] = {}
