@@ -197,6 +197,18 @@ class AgentCollector(Collector):
             "When this agent started (Unix time).",
             value=float(agent.started_at),
         )
+        bus = getattr(agent, "events", None)
+        if bus is not None:
+            yield GaugeMetricFamily(
+                "hypha_event_subscribers",
+                "Clients following /v1/events on this agent now.",
+                value=bus.subscribers,
+            )
+            yield CounterMetricFamily(
+                "hypha_event_subscribers_cut_off",
+                "Followers cut off for falling too far behind.",
+                value=bus.cut_off,
+            )
         if getattr(agent, "gossip", None) is not None:
             yield from self._gossip(agent.gossip)
         if getattr(agent, "raft", None) is not None:

@@ -125,6 +125,7 @@ class LocalAgent:
         if self.cluster.runtime_path:
             argv += ["--runtime-path", self.cluster.runtime_path]
         argv.append("--stop-on-exit" if stop_on_exit else "--no-stop-on-exit")
+        argv += self.cluster.agent_args
         for seed in join:
             argv += ["--join", seed]
         return argv
@@ -209,8 +210,10 @@ class LocalCluster:
         driver: str = "process",
         preset: str = "local",
         runtime_path: str | None = None,
+        agent_args: list[str] | None = None,
     ) -> None:
         self.base = base
+        self.agent_args = list(agent_args or [])  # more flags for every `hypha agent`
         self.tag = "t" + secrets.token_hex(3)
         self.driver = driver
         self.preset = preset
