@@ -166,6 +166,8 @@ class Observer:
         leader = data.get("leader")
         term = data.get("term")
         node = self.agent.name if data.get("is_self") else self._node_of_raft(leader)
+        if leader is None and not term:
+            return  # starting up: no leader yet is not news
         if leader is None:
             message = f"no Raft leader (term {term})"
         else:

@@ -235,6 +235,17 @@ class LocalCluster:
             60,
             "every agent to see the others",
         )
+        # Alive in gossip is not yet schedulable: an agent publishes its capacity only
+        # once Raft runs, and it takes a gossip round to reach the leader.
+        wait_until(self.schedulable, 60, "every agent to see every node's capacity")
+
+    def schedulable(self) -> bool:
+        for agent in self.agents:
+            nodes = agent.client().get("/v1/nodes")["nodes"]
+            ready = [n for n in nodes if n["state"] == "alive" and n.get("capacity")]
+            if len(ready) != len(self.agents):
+                return False
+        return True
 
     def alive_members(self, agent: LocalAgent) -> int:
         members = agent.client().get("/v1/members")["members"]
