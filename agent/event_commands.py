@@ -60,10 +60,15 @@ def events(
         "limit": tail,
         "since": since or None,
     }
-    for event in state.client().stream("/v1/events", query=query):
-        if "error" in event and "kind" not in event:
-            raise ApiError(str(event["error"]))
-        if as_json:
-            click.echo(json.dumps(event, sort_keys=True))
-        else:
-            click.echo(format_event(event))
+    try:
+        for event in state.client().stream("/v1/events", query=query):
+            if "error" in event and "kind" not in event:
+                raise ApiError(str(event["error"]))
+            if as_json:
+                click.echo(json.dumps(event, sort_keys=True))
+            else:
+                click.echo(format_event(event))
+    except KeyboardInterrupt:
+        if not follow:
+            raise
+        # Ctrl-C is how a followed stream ends: not an error.

@@ -74,6 +74,8 @@ class Observer:
         # replica -> (started_at, finished_at) of the last run counted in the metrics
         self._runs_counted: dict[str, tuple[Any, Any]] = {}
         self._pending: dict[str, str] = {}
+        # node -> the pending reasons it last published (the leader's "pending" key)
+        self._remote_pending: dict[str, dict[str, str]] = {}
 
     # -- publishing ---------------------------------------------------------------------
     def publish(self, kind: str, message: str, *, level: str = "info", **data: Any) -> None:
@@ -96,6 +98,8 @@ class Observer:
         """What is already true when the agent starts is not news."""
         self.diff_state(quiet=True)
         for node, state in self.agent.gossip.states().items():
+            if node != self.agent.name:
+                self._remote_pending[node] = _pending_map(state.get("pending"))
             for key, value in state.items():
                 if key.startswith(REPLICA_PREFIX):
                     rid = key[len(REPLICA_PREFIX) :]
@@ -110,7 +114,9 @@ class Observer:
                 self._member(str(event.kind), member)
                 continue
             key = getattr(event, "key", None)
-            if key is not None and str(key).startswith(REPLICA_PREFIX):
+            if key == "pending" and event.node != self.agent.name:
+                self.remote_pending(str(event.node), _pending_map(event.value))
+            elif key is not None and str(key).startswith(REPLICA_PREFIX):
                 rid = str(key)[len(REPLICA_PREFIX) :]
                 value = event.value
                 report = None if value is None else replica_from_value(rid, value)
@@ -444,11 +450,36 @@ class Observer:
             )
         self._pending = pending
 
+    def remote_pending(self, node: str, pending: Mapping[str, str]) -> None:
+        """Another agent (the leader) published why replicas have no home: the same
+        ``schedule.failed`` events on every agent, not only on the leader's."""
+        before = self._remote_pending.get(node, {})
+        self._remote_pending[node] = dict(pending)
+        for rid, reason in sorted(pending.items()):
+            if before.get(rid) == reason:
+                continue
+            self.publish(
+                "schedule.failed",
+                f"no node for replica {rid}: {reason}",
+                level="warning",
+                replica=rid,
+                workload=rid.rpartition("-")[0],
+                reason=reason,
+                leader=node,
+            )
+
     def placements_committed(self, kinds: Mapping[str, int]) -> None:
         """This agent, as leader, committed placements (``{"new": n, "move": m}``)."""
         for kind, count in kinds.items():
             if count:
                 self.metrics.scheduler_placements.labels(kind).inc(count)
+
+
+def _pending_map(text: str | None) -> dict[str, str]:
+    found = decode(text, {})
+    if not isinstance(found, dict):
+        return {}
+    return {str(k): str(v) for k, v in found.items()}
 
 
 def _index(rid: str) -> int:

@@ -133,7 +133,28 @@ def test_metrics_scraped_from_real_agents(shared_cluster: LocalCluster) -> None:
         )
         assert not any("obs-metrics" in str(labels) for (_n, labels) in n1_metrics)
         assert total(n1_metrics, "hypha_events_total") > 0
+
+        # A replica that fits nowhere: the leader counts it by rule, and every agent
+        # reports it as an event (the leader publishes its reasons in gossip).
+        n1.client().post(
+            "/v1/workloads", {"spec": {**spec("obs-huge", 1), "resources": {"cpu": "100000"}}}
+        )
+        for agent in cluster.agents:
+            wait_until(
+                lambda agent=agent: [
+                    e
+                    for e in agent.client().stream("/v1/events", query={"kind": "schedule"})
+                    if e["data"]["replica"] == "obs-huge-0"
+                ],
+                30,
+                f"schedule.failed on {agent.name}",
+            )
+        leader_agent = next(a for a in cluster.agents if a.name == leaders[0])
+        failures = scrape(leader_agent)
+        assert value(failures, "hypha_scheduler_failures_total", reason="resources") >= 1
+        assert value(failures, "hypha_scheduler_pending_replicas") >= 1
     finally:
+        delete(cluster, "obs-huge")
         delete(cluster, "obs-metrics")
 
 

@@ -274,6 +274,20 @@ def test_leader_steps_count_decisions_and_report_new_failures_once() -> None:
     assert counted[("hypha_scheduler_placements_total", (("kind", "move"),))] == 1
 
 
+def test_the_leaders_published_pending_reasons_become_events_everywhere() -> None:
+    agent = FakeAgent()
+    bus = EventBus("n1")
+    observer = Observer(agent, bus, AgentMetrics())
+    observer.remote_pending("n2", {"big-0": "no node has room"})
+    observer.remote_pending("n2", {"big-0": "no node has room", "big-1": "no node has room"})
+    observer.remote_pending("n2", {})
+    assert kinds(bus) == [
+        ("schedule.failed", "no node for replica big-0: no node has room"),
+        ("schedule.failed", "no node for replica big-1: no node has room"),
+    ]
+    assert bus.recent()[0].data["leader"] == "n2"
+
+
 def test_collector_reads_gossip_raft_and_state_at_scrape_time() -> None:
     agent = FakeAgent()
     agent.gossip.liveness["n3"] = "suspect"
