@@ -51,8 +51,7 @@ def events(
     replicas starting, moving and failing.
 
     The agent keeps the last 1000 events; `--follow` then streams new ones until
-    Ctrl-C. Every agent sees the whole cluster's events (scheduling failures are
-    reported by the leader's agent).
+    Ctrl-C. Every agent sees the whole cluster's events.
     """
     query: dict[str, Any] = {
         "follow": "1" if follow else None,
