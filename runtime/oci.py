@@ -350,6 +350,21 @@ class OciDriver(ShimDriver):
             },
         }
 
+    def exec_command(
+        self, record: Record, command: tuple[str, ...], pid_file: Path
+    ) -> tuple[list[str], dict[str, str] | None, str | None]:
+        """``runtime exec``: the process joins the container's namespaces and cgroup
+        and takes its environment, user and working directory from config.json."""
+        argv = self.runtime_argv(
+            record.dir / "exec.log",
+            "exec",
+            "--pid-file",
+            str(pid_file),
+            self.container_id(record.spec.id),
+            *command,
+        )
+        return argv, None, None
+
     async def after_start(self, record: Record, event: dict[str, Any]) -> None:
         runtime_log = record.dir / "runtime.log"
         argv = self.runtime_argv(runtime_log, "start", self.container_id(record.spec.id))
