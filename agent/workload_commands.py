@@ -286,19 +286,77 @@ def inspect(state: CliState, name: str, as_json: bool) -> None:
                 f"{c['label']} {c['op']} {','.join(c['values'])}" for c in spec["constraints"]
             )
         )
+    inspect_extras(spec)
     click.echo("")
     rows = [
         (
             r["replica_id"],
             r.get("node") or "-",
             r["state"],
+            r.get("health") or "-",
+            r.get("version") if r.get("version") is not None else "-",
             r.get("exit_code") if r.get("exit_code") is not None else "-",
             r.get("restarts", 0),
             (r.get("error") or "")[:70],
         )
         for r in data.get("replica_states", [])
     ]
-    print_table(["REPLICA", "NODE", "STATE", "EXIT", "RESTARTS", "NOTE"], rows)
+    print_table(["REPLICA", "NODE", "STATE", "HEALTH", "VERSION", "EXIT", "RESTARTS", "NOTE"], rows)
+    inspect_deployment(data)
+
+
+def inspect_extras(spec: dict[str, Any]) -> None:
+    """The issue-8 parts of a spec: job type, health check, update and drain policies."""
+    click.echo(f"type:        {spec.get('type', 'service')}")
+    health = spec.get("health")
+    if health:
+        what = (
+            " ".join(health["command"])
+            if health.get("command")
+            else f"tcp {health.get('host')}:{health.get('tcp')}"
+        )
+        click.echo(
+            f"health:      {what} every {health['interval']:g}s (timeout "
+            f"{health['timeout']:g}s, {health['retries']} retries, start period "
+            f"{health['start_period']:g}s)"
+        )
+    update = spec.get("update")
+    if update:
+        click.echo(
+            f"update:      {update['max_parallel']} at a time, healthy for "
+            f"{update['min_healthy']:g}s within {update['healthy_deadline']:g}s"
+            + (", auto-revert" if update.get("auto_revert") else "")
+        )
+    drain = spec.get("drain")
+    if drain:
+        click.echo(f"drain:       at most {drain['max_unavailable']} unavailable at a time")
+
+
+def inspect_deployment(data: dict[str, Any]) -> None:
+    """The rolling update in progress (if any) and the history of versions."""
+    deployment = data.get("deployment")
+    if deployment:
+        click.echo("")
+        click.echo(
+            f"update:      version {deployment.get('version')}: {deployment.get('status')}"
+            f" ({deployment.get('updated', 0)}/{deployment.get('total', 0)} replicas updated"
+            f", {deployment.get('healthy', 0)} healthy)"
+            + (f": {deployment['message']}" if deployment.get("message") else "")
+        )
+    history = data.get("history") or []
+    if history:
+        click.echo("")
+        print_table(
+            ["VERSION", "STATUS", "CHANGE"],
+            [
+                (
+                    h.get("version_range") or h.get("version"),
+                    h.get("status", ""),
+                    h.get("change", ""),
+                )
+                for h in history
+            ],
+        )
 
 
 @cli.command()

@@ -124,6 +124,7 @@ class LocalAgent:
         ]
         if self.cluster.runtime_path:
             argv += ["--runtime-path", self.cluster.runtime_path]
+        argv += self.cluster.agent_args.get(self.index, [])
         argv.append("--stop-on-exit" if stop_on_exit else "--no-stop-on-exit")
         for seed in join:
             argv += ["--join", seed]
@@ -209,8 +210,10 @@ class LocalCluster:
         driver: str = "process",
         preset: str = "local",
         runtime_path: str | None = None,
+        agent_args: dict[int, list[str]] | None = None,
     ) -> None:
         self.base = base
+        self.agent_args = agent_args or {}  # extra `hypha agent` flags by agent index
         self.tag = "t" + secrets.token_hex(3)
         self.driver = driver
         self.preset = preset
