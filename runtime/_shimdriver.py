@@ -55,8 +55,9 @@ from runtime.spec import ContainerSpec, ContainerState, ContainerStatus, check_i
 
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_LOG_BACKUPS = 2
-KILL_TIMEOUT = 30.0
-_EXEC_IDS = itertools.count(1)  # after SIGKILL, how long a container may take to be gone
+KILL_TIMEOUT = 30.0  # after SIGKILL, how long a container may take to be gone
+EXEC_KILL_WAIT = 10.0  # how long a timed-out exec's runtime may take to end by itself
+_EXEC_IDS = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -84,6 +85,7 @@ class ShimDriver:
     """Base of the process and oci drivers; subclasses say how to run and clean up."""
 
     kind = "shim"
+    exec_uses_pid_file = False  # True: ``exec_command`` starts the command via a runtime
 
     def __init__(
         self,
@@ -116,9 +118,6 @@ class ShimDriver:
         """Make what the container needs on disk and return the shim's job."""
         raise NotImplementedError
 
-    async def after_start(self, record: Record, event: dict[str, Any]) -> None:
-        """Called once the shim reported; the oci driver runs ``runtime start`` here."""
-
     async def start_failed(self, record: Record, event: dict[str, Any]) -> str:
         """The one-line reason a start failed."""
         return str(event.get("message") or "the container could not be started")
@@ -129,9 +128,6 @@ class ShimDriver:
 
     async def cleanup(self, record: Record) -> None:
         """Release what the shim could not (runtime state, mounts) before files go."""
-
-    def is_created(self, record: Record) -> bool:
-        return False
 
     def exec_command(
         self, record: Record, command: tuple[str, ...], pid_file: Path
@@ -173,16 +169,15 @@ class ShimDriver:
             # spec.json last: a directory with it is a container to adopt.
             (directory / "spec.json").write_text(json.dumps(spec.to_dict()))
             try:
-                event = await shim.run(job)
+                event = await shim.run(job, meanwhile=self._pool.refill)
                 if event.get("event") == "error":
                     shim.release()
                     with trio.move_on_after(KILL_TIMEOUT):
                         await record.shim.wait()
                     raise StartError(f"{spec.id}: {await self.start_failed(record, event)}")
                 record.main_pid = int(event["pid"])
-                record.main_pidfd = open_pidfd(record.main_pid)
+                record.main_pidfd = open_pidfd(record.main_pid, event.get("start_time"))
                 record.started_at = float(event["started_at"])
-                await self.after_start(record, event)
             finally:
                 shim.release()
         except BaseException:
@@ -291,12 +286,8 @@ class ShimDriver:
             timed_out = scope.cancelled_caught
         finally:
             if process.returncode is None:
-                with contextlib.suppress(OSError, ValueError):
-                    os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(process.pid, signal.SIGKILL)
                 with trio.CancelScope(shield=True):
-                    await process.wait()
+                    await self._end_exec(process, pid_file)
             if process.stdout is not None:
                 await process.stdout.aclose()
             with contextlib.suppress(OSError):
@@ -306,6 +297,24 @@ class ShimDriver:
         code = process.returncode
         assert code is not None
         return ExecResult(128 - code if code < 0 else code, bytes(output))
+
+    async def _end_exec(self, process: trio.Process, pid_file: Path) -> None:
+        """Kill an exec'd command that ran past its timeout. A runtime's ``exec`` is
+        not killed first: killed half-way through setting the process up, it can leave
+        a helper stuck in the container's cgroup, and the container then never stops.
+        So the command itself (its pid from ``pid_file``) is killed, and the runtime
+        ends by itself; only if it does not is it killed too."""
+        if self.exec_uses_pid_file:
+            with trio.move_on_after(EXEC_KILL_WAIT):
+                while process.returncode is None:
+                    with contextlib.suppress(OSError, ValueError):
+                        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+                    with trio.move_on_after(0.1):
+                        await process.wait()
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
 
     async def adopt(self) -> builtins.list[ContainerStatus]:
         """Find every container a previous agent with this state_dir left behind."""
@@ -397,7 +406,7 @@ class ShimDriver:
             finished_at = info.get("finished_at")
             state = "exited" if exit_code is not None else "unknown"
             pid = None
-        elif record.main_pid is None or self.is_created(record):
+        elif record.main_pid is None:
             state = "created"
         else:
             state = "running"
