@@ -38,8 +38,6 @@ async def test_healthy_then_unhealthy_is_restarted(
     assert h.reports["api-0"].healthy_since is not None
 
     h.driver.set_exec_result("api-0", 3)  # the check starts failing
-    await until(h, lambda: "exit code 3" in (h.reports["api-0"].error or ""))
-    assert h.reports["api-0"].health == "healthy"  # one failure is not enough
     # Two failures in a row: stopped (SIGTERM, 143) and restarted under `always`.
     await until(h, lambda: h.reports["api-0"].restarts == 1)
     await until(h, lambda: h.reports["api-0"].state == "running")
