@@ -387,9 +387,8 @@ class ShimDriver:
             return
         watch = PidWatch(record.main_pid or 0, os.dup(record.main_pidfd))
         try:
-            with trio.move_on_after(0.5):
-                await watch.wait()
-            record.lost_code = watch.reaped_code
+            await watch.wait()  # still running: it is ours to wait for now
+            record.lost_code = watch.reaped_code  # None if it went to another reaper
         finally:
             watch.close()
 
@@ -429,6 +428,7 @@ class ShimDriver:
                     await record.shim.wait()
             if record.shim.pidfd is not None:
                 try_reap(record.shim.pidfd)
+            self._exit_info(record)  # keep the exit code for waiters still holding the record
             await self.cleanup(record)
             record.close()
             self._records.pop(container_id, None)
