@@ -48,6 +48,9 @@ LABEL_RESTARTS = "hypha.restarts"
 
 #: A replica that ran this long before exiting starts its restart count afresh.
 HEALTHY_RUN_SECONDS = 30.0
+#: A replica that moved elsewhere keeps running here at most this long waiting for
+#: its replacement to run (the hand-off of a drain; see ``keep_running``).
+HANDOFF_TIMEOUT = 60.0
 MAX_PARALLEL_ACTIONS = 16
 
 
@@ -170,8 +173,11 @@ class Reconciler:
         on_report: Callable[[dict[str, ReplicaReport]], None] | None = None,
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        keep_running: Callable[[str], bool] | None = None,
     ) -> None:
         self.driver = driver
+        self._keep_running = keep_running
+        self._handoff_since: dict[str, float] = {}
         self.node = node
         self._desired = desired
         self._on_report = on_report
@@ -224,6 +230,16 @@ class Reconciler:
 
         for rid, status in actual.items():
             want = desired.get(rid)
+            if want is None and status.state == "running" and self._hand_off(rid, now):
+                reports[rid] = ReplicaReport(
+                    rid,
+                    status.labels.get(LABEL_WORKLOAD, ""),
+                    "handing-off",
+                    int(status.labels.get(LABEL_VERSION, "0") or 0),
+                    started_at=status.started_at,
+                    error="keeps running until its replacement runs on its new node",
+                )
+                continue
             if want is None or status.labels.get(LABEL_TEMPLATE) != template_hash(want.spec):
                 if status.state in ("running", "created", "unknown"):
                     grace = want.spec.stop_grace if want else self._grace_for(status)
@@ -269,6 +285,18 @@ class Reconciler:
         self.passes += 1
         if self._on_report is not None:
             self._on_report(dict(reports))
+
+    def _hand_off(self, rid: str, now: float) -> bool:
+        """Whether the container of ``rid``, no longer placed here, keeps running a
+        little longer (until its replacement runs elsewhere, or ``HANDOFF_TIMEOUT``)."""
+        if self._keep_running is None or not self._keep_running(rid):
+            self._handoff_since.pop(rid, None)
+            return False
+        since = self._handoff_since.setdefault(rid, now)
+        if now - since < HANDOFF_TIMEOUT:
+            return True
+        log.warning("hand-off timed out; stopping", extra={"replica": rid})
+        return False
 
     def _update_health(
         self,

@@ -169,12 +169,25 @@ def run(
         if as_json:
             emit_json(result)
         else:
-            click.echo(
-                f"workload {spec.name} created (version {result.get('version')}, "
-                f"{spec.replicas} replicas)"
+            count = (
+                "one replica per eligible node"
+                if spec.type == "system"
+                else f"{spec.replicas} replicas"
             )
+            click.echo(f"workload {spec.name} created (version {result.get('version')}, {count})")
         return
-    ok = wait_for_replicas(state, spec.name, spec.replicas, timeout, quiet=as_json)
+    if spec.type == "batch":
+        status = wait_for_batch(state, spec.name, timeout, quiet=as_json)
+        if as_json:
+            emit_json({**result, "status": status})
+        if status != "complete":
+            raise HyphaError(f"batch job {spec.name} ended {status} (see `hypha ps {spec.name}`)")
+        return
+    replicas = spec.replicas
+    if spec.type == "system":
+        time.sleep(1.0)  # the leader sets the count
+        replicas = client.get(path_of("v1", "workloads", spec.name))["replicas"]
+    ok = wait_for_replicas(state, spec.name, replicas, timeout, quiet=as_json)
     if as_json:
         emit_json({**result, "running": ok})
     if not ok:
@@ -182,6 +195,30 @@ def run(
             f"not every replica of {spec.name} was running after {timeout:.0f}s "
             f"(see `hypha inspect {spec.name}`)"
         )
+
+
+def wait_for_batch(state: CliState, name: str, timeout: float, *, quiet: bool = False) -> str:
+    """Poll a batch job until it is complete or failed; print each change."""
+    client = state.client()
+    deadline = time.monotonic() + timeout
+    last = ""
+    status = "running"
+    while time.monotonic() < deadline:
+        rows = client.get(path_of("v1", "workloads", name, "replicas"))["replicas"]
+        status = str(client.get(path_of("v1", "workloads", name)).get("status", "running"))
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        line = (
+            f"{name}: {status} (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"
+        )
+        if not quiet and line != last:
+            click.echo(line, err=True)
+            last = line
+        if status in ("complete", "failed"):
+            return status
+        time.sleep(0.5)
+    return status
 
 
 def wait_for_replicas(
@@ -424,11 +461,127 @@ def _node_admin(
 @cli.command()
 @click.argument("node")
 @click.option("--undo", is_flag=True, help="Stop draining (the node takes work again).")
+@click.option("--wait", is_flag=True, help="Show progress until nothing runs on NODE any more.")
+@click.option("--timeout", type=float, default=300.0, show_default=True)
 @json_option
 @click.pass_obj
-def drain(state: CliState, node: str, undo: bool, as_json: bool) -> None:
-    """Move every replica off NODE and give it no new work."""
-    _node_admin(state, node, "drain", {"draining": not undo}, as_json)
+def drain(
+    state: CliState, node: str, undo: bool, wait: bool, timeout: float, as_json: bool
+) -> None:
+    """Move every replica off NODE and give it no new work.
+
+    Replicas move at most their workload's drain.max_unavailable at a time, and a
+    service's old replica keeps running until its replacement runs elsewhere."""
+    _node_admin(state, node, "drain", {"draining": not undo}, as_json and not wait)
+    if wait and not undo:
+        left = wait_for_drain(state, node, timeout, quiet=as_json)
+        if as_json:
+            emit_json({"name": node, "draining": True, "left": left})
+        if left:
+            raise HyphaError(
+                f"{node} still holds {left} replica(s) after {timeout:.0f}s "
+                f"(see `hypha ps` for why they cannot move)"
+            )
+
+
+def wait_for_drain(state: CliState, node: str, timeout: float, *, quiet: bool = False) -> int:
+    """Poll until NODE has no placement and no container left; print each change.
+    Returns how many replicas were left (0: drained)."""
+    client = state.client()
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        data = client.get(path_of("v1", "nodes", node))
+        placed = int(data.get("placed", 0))
+        containers = len(data.get("replicas") or [])
+        rows = client.get("/v1/replicas")["replicas"]
+        here = [r for r in rows if r.get("node") == node]
+        pending = [r for r in rows if r["state"] in ("pending", "assigned", "starting")]
+        left = max(placed, containers)
+        line = f"{node}: {placed} replica(s) placed, {containers} container(s) running" + (
+            f"; {len(pending)} replica(s) starting elsewhere" if pending else ""
+        )
+        if here and any(r.get("error") for r in here):
+            why = next(r["error"] for r in here if r.get("error"))
+            line += f" ({why[:80]})"
+        if not quiet and line != last:
+            click.echo(line, err=True)
+            last = line
+        if left == 0:
+            if not quiet:
+                click.echo(f"{node} is drained", err=True)
+            return 0
+        if time.monotonic() >= deadline:
+            return left
+        time.sleep(0.5)
+
+
+@cli.command()
+@click.option(
+    "-f",
+    "--file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The workload's new spec file (TOML or JSON).",
+)
+@click.option("--wait", is_flag=True, help="Show the rolling update until it ends.")
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+@json_option
+@click.pass_obj
+def update(state: CliState, file: Path, wait: bool, timeout: float, as_json: bool) -> None:
+    """Change a workload's spec. A new template (image, command, env, resources, health)
+    rolls out update.max_parallel replicas at a time; see `hypha inspect NAME`."""
+    spec = WorkloadSpec.load(file)
+    client = state.client()
+    result = client.put(path_of("v1", "workloads", spec.name), {"spec": spec.to_dict()})
+    if not wait:
+        if as_json:
+            emit_json(result)
+        elif not result.get("changed", True):
+            click.echo(f"workload {spec.name} unchanged (version {result.get('version')})")
+        else:
+            click.echo(f"workload {spec.name} updated to version {result.get('version')}")
+        return
+    status = wait_for_rollout(
+        state, spec.name, int(result.get("version") or 0), timeout, quiet=as_json
+    )
+    if as_json:
+        emit_json({**result, "status": status})
+    if status != "complete":
+        raise HyphaError(f"the update of {spec.name} ended {status} (see `hypha inspect`)")
+
+
+def wait_for_rollout(
+    state: CliState, name: str, version: int, timeout: float, *, quiet: bool = False
+) -> str:
+    """Poll the workload's rolling update from ``version`` on; print each change.
+    Returns its last status."""
+    client = state.client()
+    deadline = time.monotonic() + timeout
+    last = ""
+    status = "running"
+    while time.monotonic() < deadline:
+        data = client.get(path_of("v1", "workloads", name))
+        if int(data.get("version", 0)) < version:
+            time.sleep(0.2)  # this agent has not applied the new version yet
+            continue
+        d = data.get("deployment") or {}
+        status = str(d.get("status", data.get("status", "complete")))
+        line = (
+            f"{name} version {data['version']}: {status}, {d.get('updated', 0)}/"
+            f"{d.get('total', 0)} updated, {d.get('healthy', 0)} healthy"
+            + (f" ({d['message']})" if d.get("message") else "")
+        )
+        if not quiet and line != last:
+            click.echo(line, err=True)
+            last = line
+        auto_revert = bool(((data.get("spec") or {}).get("update") or {}).get("auto_revert"))
+        if status == "complete" or (status == "failed" and not auto_revert):
+            if status == "complete" and d.get("message", "").startswith("rolled back"):
+                return "rolled back"
+            return status
+        time.sleep(0.5)
+    return status
 
 
 @cli.command()
