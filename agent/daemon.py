@@ -778,6 +778,9 @@ class Agent:
                         row["state"] = "assigned"
                     if view is not None and view.liveness in ("dead", "left", "unknown"):
                         row["state"] = "lost"
+                    if not row.get("error") and rid in pending:
+                        # placed, but it should move (its node drains) and cannot
+                        row["error"] = f"cannot move: {pending[rid]}"
                 rows.append(row)
         return rows
 

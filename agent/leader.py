@@ -32,7 +32,7 @@ import trio
 import scheduler
 from agent.nodes import NodeView
 from agent.spec import WorkloadSpec, replica_id
-from agent.workloads import Rollout, drain_allowance, rollout_plan, system_plan
+from agent.workloads import Rollout, drain_allowance, is_finished, rollout_plan, system_plan
 
 log = logging.getLogger("hypha.leader")
 
@@ -176,7 +176,11 @@ def plan(
         elif p.node in moving_lost:
             needs_home.append(rid)
             continue
-        elif node is not None and node.draining:
+        elif (
+            node is not None
+            and node.draining
+            and not is_finished(workload.spec, node.replicas.get(rid))
+        ):
             if workload.name not in allowance:
                 allowance[workload.name] = drain_allowance(
                     workload.spec, nodes_of.get(workload.name, {}), nodes

@@ -485,33 +485,36 @@ def drain(
 
 
 def wait_for_drain(state: CliState, node: str, timeout: float, *, quiet: bool = False) -> int:
-    """Poll until NODE has no placement and no container left; print each change.
-    Returns how many replicas were left (0: drained)."""
+    """Poll until nothing runs on NODE any more (completed batch replicas stay where
+    they ran); print each change. Returns how many replicas were left (0: drained)."""
     client = state.client()
     deadline = time.monotonic() + timeout
     last = ""
     while True:
         data = client.get(path_of("v1", "nodes", node))
-        placed = int(data.get("placed", 0))
-        containers = len(data.get("replicas") or [])
         rows = client.get("/v1/replicas")["replicas"]
-        here = [r for r in rows if r.get("node") == node]
-        pending = [r for r in rows if r["state"] in ("pending", "assigned", "starting")]
-        left = max(placed, containers)
-        line = f"{node}: {placed} replica(s) placed, {containers} container(s) running" + (
-            f"; {len(pending)} replica(s) starting elsewhere" if pending else ""
-        )
-        if here and any(r.get("error") for r in here):
-            why = next(r["error"] for r in here if r.get("error"))
-            line += f" ({why[:80]})"
+        here = [r for r in rows if r.get("node") == node and r["state"] != "completed"]
+        placed_here = {r["replica_id"] for r in rows if r.get("node") == node}
+        handing_off = [rid for rid in data.get("replicas") or [] if rid not in placed_here]
+        moving = [
+            r for r in rows if r.get("node") != node and r["state"] in ("assigned", "starting")
+        ]
+        line = f"{node}: {len(here)} replica(s) to move, {len(handing_off)} handing off"
+        if moving:
+            line += f", {len(moving)} starting elsewhere"
         if not quiet and line != last:
             click.echo(line, err=True)
             last = line
+        left = len(here) + len(handing_off)
         if left == 0:
             if not quiet:
                 click.echo(f"{node} is drained", err=True)
             return 0
         if time.monotonic() >= deadline:
+            if not quiet:
+                for r in here:
+                    why = r.get("error") or "waiting for others of its workload to run again"
+                    click.echo(f"  {r['replica_id']} still on {node}: {why}", err=True)
             return left
         time.sleep(0.5)
 

@@ -165,6 +165,11 @@ def is_available(report: Mapping[str, Any] | None) -> bool:
     return report.get("health") in (None, "healthy")
 
 
+def is_finished(spec: WorkloadSpec, report: Mapping[str, Any] | None) -> bool:
+    """A batch replica that completed: it stays where it ran, even on a draining node."""
+    return spec.type == "batch" and report is not None and report.get("state") == "completed"
+
+
 def drain_allowance(
     spec: WorkloadSpec,
     placements: Mapping[str, str],
@@ -181,7 +186,8 @@ def drain_allowance(
         view = nodes.get(node)
         if view is not None and view.draining:
             continue  # still running where it is until it moves
-        if not is_available(report_of(nodes, node, rid)):
+        report = report_of(nodes, node, rid)
+        if not is_available(report) and not is_finished(spec, report):
             unavailable += 1
     return max(0, spec.drain.max_unavailable - unavailable)
 
