@@ -94,3 +94,35 @@ async def test_tcp_check_against_a_real_listener() -> None:
     listener.close()
     error = await check_once(driver, "x", check)
     assert error is not None and f"127.0.0.1:{port}" in error
+
+
+async def test_hand_off_keeps_a_moved_replica_until_its_replacement_runs(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = Harness()
+    elsewhere_running = {"value": False}
+    h.reconciler._keep_running = lambda rid: not elsewhere_running["value"]
+    await nursery.start(h.reconciler.run)
+    h.desired = {"web-0": replica("web-0", ["serve"])}
+    await until(h, lambda: h.reports.get("web-0") and h.reports["web-0"].state == "running")
+    h.desired = {}  # the leader moved web-0 to another node
+    await h.settle(3)
+    assert "web-0" in h.host.containers and h.reports["web-0"].state == "handing-off"
+    elsewhere_running["value"] = True  # it runs there now
+    await until(h, lambda: "web-0" not in h.host.containers)
+    assert "web-0" not in h.reports
+
+
+async def test_hand_off_gives_up_after_the_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    from agent.reconciler import HANDOFF_TIMEOUT
+
+    h = Harness()
+    h.reconciler._keep_running = lambda rid: True  # the replacement never runs
+    await nursery.start(h.reconciler.run)
+    h.desired = {"web-0": replica("web-0", ["serve"])}
+    await until(h, lambda: "web-0" in h.host.containers)
+    h.desired = {}
+    waited = await until(h, lambda: "web-0" not in h.host.containers, HANDOFF_TIMEOUT + 30)
+    assert waited >= HANDOFF_TIMEOUT
