@@ -575,8 +575,12 @@ class Agent:
         return spec
 
     def _keep_running(self, rid: str) -> bool:
-        """Hand-off: a service replica that moved from this node to another live node
-        keeps running here until it runs (and is healthy) there."""
+        """Hand-off during a drain: a service replica that moved from this draining node
+        to another live node keeps running here until it runs (and is healthy) there.
+        Only a drain hands off: after a failure or a partition the old copy stops at
+        once, so no replica runs twice once things settle."""
+        if not self.state.node_admin(self.name).draining:
+            return False
         placement = self.state.placement(rid)
         if placement is None or placement.node == self.name:
             return False
