@@ -71,6 +71,7 @@ class Plan:
     place: list[tuple[str, str, int]] = field(default_factory=list)  # (replica, node, version)
     remove: list[str] = field(default_factory=list)
     pending: dict[str, str] = field(default_factory=dict)  # replica -> why it has no home
+    rules: dict[str, str] = field(default_factory=dict)  # replica -> the rule that blocked it
     paused: str | None = None  # why moves were held back
     scale: dict[str, int] = field(default_factory=dict)  # system jobs: new replica counts
     revert: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)  # auto_revert
@@ -252,6 +253,7 @@ def plan(
                 result.place.append((rid, decision.node_id, version))
             continue
         result.pending[rid] = decision.reason or "no node fits"
+        result.rules[rid] = decision.rule or "unknown"
         if old is not None and old.node in moving_lost:
             result.remove.append(rid)
     return result, snapshot
@@ -309,6 +311,7 @@ class LeaderLoop:
         commit_placements: Callable[[int, list[tuple[str, str, int]]], Awaitable[Any]],
         remove_placements: Callable[[int, list[str]], Awaitable[Any]],
         commit_credits: Callable[[int, scheduler.Snapshot], Awaitable[Any]] | None = None,
+        on_step: Callable[[Plan, float], None] | None = None,
         on_pending: Callable[[dict[str, str]], None] | None = None,
         scale_workloads: Callable[[dict[str, int]], Awaitable[Any]] | None = None,
         revert_workloads: Callable[[dict[str, tuple[dict[str, Any], int]]], Awaitable[Any]]
@@ -329,6 +332,7 @@ class LeaderLoop:
         self._revert_workloads = revert_workloads
         self._clock = clock
         self.rollouts: dict[str, Rollout] = {}
+        self._on_step = on_step
         self._on_pending = on_pending
         self.interval = interval
         self.epoch_interval = epoch_interval
@@ -338,6 +342,7 @@ class LeaderLoop:
         self._last_epoch = 0.0
         self.pending: dict[str, str] = {}
         self.paused: str | None = None
+        self.refused: dict[str, str] = {}  # replica -> why the state refused its placement
         self.steps = 0
 
     def poke(self) -> None:
@@ -359,6 +364,8 @@ class LeaderLoop:
                 self._leading_since = now
                 self._last_epoch = now
             await self.step(unknown_is_lost=now - self._leading_since >= self.unknown_grace)
+            if self.refused:
+                await trio.sleep(self.interval)  # no hot loop on a plan the state refuses
             if self._commit_credits is not None and now - self._last_epoch >= self.epoch_interval:
                 self._last_epoch = now
                 _, snapshot = plan(
@@ -368,6 +375,7 @@ class LeaderLoop:
 
     async def step(self, *, unknown_is_lost: bool = True) -> Plan:
         term = self._term()
+        started = time.perf_counter()
         workloads, placements = self._read()
         result, _ = plan(
             workloads,
@@ -383,6 +391,8 @@ class LeaderLoop:
         if result.revert and self._revert_workloads is not None:
             log.warning("rolling back failed updates", extra={"workloads": sorted(result.revert)})
             await self._revert_workloads(result.revert)
+        if self._on_step is not None:
+            self._on_step(result, time.perf_counter() - started)
         self.steps += 1
         self.pending = result.pending
         if self._on_pending is not None:
@@ -392,8 +402,18 @@ class LeaderLoop:
         self.paused = result.paused
         for start in range(0, len(result.remove), BATCH):
             await self._remove_placements(term, result.remove[start : start + BATCH])
+        self.refused = {}
         for start in range(0, len(result.place), BATCH):
             batch = result.place[start : start + BATCH]
             log.info("committing placements", extra={"count": len(batch), "term": term})
-            await self._commit_placements(term, batch)
+            answer = await self._commit_placements(term, batch)
+            if isinstance(answer, dict) and answer.get("rejected"):
+                self.refused.update(answer["rejected"])
+        if self.refused:
+            # The state refused what this leader planned: its view is wrong somewhere.
+            # Say so, and let run() wait an interval rather than plan the same again.
+            log.warning(
+                "placements refused by the state",
+                extra={"term": term, "refused": dict(sorted(self.refused.items())[:10])},
+            )
         return result

@@ -50,7 +50,7 @@ def cluster(image: str | None) -> Iterator[LocalCluster]:
     driver, runtime_path = _driver()
     base = Path(f"/tmp/hw-{os.getpid()}-{TAG}")
     base.mkdir(parents=True, exist_ok=True)
-    c = LocalCluster(base, 4, driver=driver, runtime_path=runtime_path, agent_args=LABELS)
+    c = LocalCluster(base, 4, driver=driver, runtime_path=runtime_path, per_agent_args=LABELS)
     try:
         for agent in c.agents[:3]:
             agent.start()
