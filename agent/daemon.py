@@ -42,6 +42,7 @@ from agent.errors import (
     ConflictError,
     ConsensusError,
     GossipUnavailableError,
+    HyphaError,
     NotFoundError,
     NotLeaderError,
     RuntimeUnavailableError,
@@ -1040,9 +1041,27 @@ def _json(text: Any) -> Any:
         return None
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
 async def run_agent(config: AgentConfig, *, api_token: str | None = None) -> None:
+    """Run one agent until it is told to stop. An expected failure of any task (a join
+    nobody answers, a port in use) surfaces as that ``HyphaError``; anything else is a
+    bug: logged with its traceback, and it takes the agent down."""
     secret = load_secret(config.secret_path)
-    await Agent(config, secret=secret, api_token=api_token).run()
+    try:
+        await Agent(config, secret=secret, api_token=api_token).run()
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        expected = [e for e in leaves if isinstance(e, HyphaError)]
+        if expected and all(isinstance(e, HyphaError | trio.Cancelled) for e in leaves):
+            raise expected[0] from group
+        if not all(isinstance(e, KeyboardInterrupt | trio.Cancelled) for e in leaves):
+            log.critical("agent crashed", exc_info=group)
+        raise
 
 
 __all__ = ["Agent", "cluster_token", "container_prefix", "run_agent"]
