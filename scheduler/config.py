@@ -16,7 +16,8 @@ class SchedulerConfig:
     the same workload already on the node / in the zone, in the same units.
     """
 
-    #: Weight of the node's credit balance (scaled to +-1000 by the largest |balance|).
+    #: Weight of the node's credit balance (divided by its steady full-spare balance,
+    #: cap_cpu * 2**decay_shift, and clamped to +-1000).
     #: 0 gives the credit-free scorer ("mycelial-nocredit").
     credit_weight: int = 2
     #: Weight of resource balance: 1000 minus the spread between cpu and memory

@@ -164,7 +164,8 @@ class Planner:
         self.zones = zones
         self.zone_of = [zone_index[node.zone] if node.zone else -1 for node in nodes]
         self.credit = [node.credit for node in nodes]
-        self.credit_scale = max([1] + [abs(c) for c in self.credit])
+        self._credit_divisors()
+        self.spend_shift = config.decay_shift
         self.node_hash = [stable_hash(seed, "node", node.id) for node in nodes]
 
         # Placements: workload counts per node and per zone, tenant usage, and
@@ -195,6 +196,7 @@ class Planner:
         self.not_usable = Counter(why for why in self.unusable_why if why)
         self.spreads: dict[tuple[str, str, tuple[Constraint, ...]], _Spread] = {}
         self.spreads_of: dict[str, list[_Spread]] = {}
+        self.domains: dict[tuple[str, tuple[Constraint, ...]], frozenset[str]] = {}
         self.failed_shapes: dict[
             tuple[int, int, int, tuple[Constraint, ...]], tuple[Rule, str]
         ] = {}
@@ -241,6 +243,23 @@ class Planner:
             self._bestfit_key = [self._fit_key(i) for i in range(n)]
             self._bestfit = sorted(self._bestfit_key[i] for i in usable_idx)
             self._choose = self._choose_best_fit
+
+    def set_credits(self, balances: Mapping[str, int]) -> None:
+        """Replace the credit balances (a new epoch) without rebuilding the indexes.
+
+        Nodes missing from ``balances`` keep theirs; unknown ids are ignored.
+        """
+        for node_id, balance in balances.items():
+            i = self.index.get(node_id)
+            if i is not None:
+                self.credit[i] = balance
+        self._credit_divisors()
+
+    def _credit_divisors(self) -> None:
+        """What a balance is divided by to give the +-1000 credit term, per node:
+        its steady balance under full spare, ``cap_cpu * 2**decay_shift``."""
+        shift = self.config.decay_shift
+        self.credit_div = [max(1, c << shift) for c in self.cap_c]
 
     # ----------------------------------------------------------------- indexes
 
@@ -331,14 +350,18 @@ class Planner:
         cache_key = (request.workload, key, request.constraints)
         spread = self.spreads.get(cache_key)
         if spread is None:
-            domains: set[str] = set()
-            for i, node in enumerate(self.nodes):
-                if not self.usable[i]:
-                    continue
-                value = node.label(key)
-                if value is not None and all(c.matches(node) for c in request.constraints):
-                    domains.add(value)
-            spread = _Spread(key, frozenset(domains))
+            domain_key = (key, request.constraints)
+            domains = self.domains.get(domain_key)
+            if domains is None:
+                found: set[str] = set()
+                for i, node in enumerate(self.nodes):
+                    if not self.usable[i]:
+                        continue
+                    value = node.label(key)
+                    if value is not None and all(c.matches(node) for c in request.constraints):
+                        found.add(value)
+                domains = self.domains[domain_key] = frozenset(found)
+            spread = _Spread(key, domains)
             for i, count in self.wl_node.get(request.workload, {}).items():
                 value = self.nodes[i].label(key)
                 if value is not None:
@@ -370,12 +393,19 @@ class Planner:
 
     # -------------------------------------------------------------- strategies
 
-    def _sample_positions(self, request_hash: int, count: int) -> Iterator[int]:
+    def _sample_positions(self, request_hash: int, count: int) -> list[int]:
+        """``count`` seeded positions in [0, n): two 32-bit draws per splitmix64 step,
+        mapped by multiply-shift (no modulo bias worth the name)."""
         n = self.n
         x = request_hash
-        for _ in range(count):
+        out: list[int] = []
+        while len(out) < count:
             x = (x + GOLDEN) & MASK64
-            yield mix64(x) % n
+            z = mix64(x)
+            out.append(((z & 0xFFFFFFFF) * n) >> 32)
+            out.append(((z >> 32) * n) >> 32)
+        del out[count:]
+        return out
 
     def _feasible(self, i: int, rc: int, rm: int, rp: int) -> bool:
         return (
@@ -389,13 +419,18 @@ class Planner:
         self, request: PlacementRequest, request_hash: int, want: int, spread: _Spread | None
     ) -> list[int]:
         """Up to ``want`` distinct feasible nodes: sampled, topped up by a pruned scan."""
-        rc, rm, rp = request.resources.as_tuple()
+        res = request.resources
+        rc, rm, rp = res.cpu_millicores, res.memory_bytes, res.pids
         simple = self._simple(request)
+        usable, free_c, free_m, free_p = self.usable, self.free_c, self.free_m, self.free_p
         found: list[int] = []
         for i in self._sample_positions(request_hash, want):
             if (
-                i not in found
-                and self._feasible(i, rc, rm, rp)
+                usable[i]
+                and free_c[i] >= rc
+                and free_m[i] >= rm
+                and free_p[i] >= rp
+                and i not in found
                 and (simple or self._admissible(i, request, spread))
             ):
                 found.append(i)
@@ -425,7 +460,7 @@ class Planner:
         uc = (cc - self.free_c[i] + rc) * 1000 // cc if cc else 0
         um = (cm - self.free_m[i] + rm) * 1000 // cm if cm else 0
         dom = self._dominant_after(i, rc, rm, rp)
-        credit = self.credit[i] * 1000 // self.credit_scale
+        credit = self.credit[i] * 1000 // self.credit_div[i]
         credit = -1000 if credit < -1000 else 1000 if credit > 1000 else credit
         balance = 1000 - abs(uc - um)
         fit = dom if cfg.pack else 1000 - dom
@@ -447,13 +482,13 @@ class Planner:
         rc, rm, rp = request.resources.as_tuple()
         free_c, free_m, free_p = self.free_c, self.free_m, self.free_p
         cap_c, cap_m, cap_p = self.cap_c, self.cap_m, self.cap_p
-        credit, scale, node_hash = self.credit, self.credit_scale, self.node_hash
+        credit, divisor, node_hash = self.credit, self.credit_div, self.node_hash
         wc, wb, wf, pack = cfg.credit_weight, cfg.balance_weight, cfg.fit_weight, cfg.pack
         per_node = self.wl_node.get(request.workload)
         per_zone = self.wl_zone.get(request.workload)
         aa_node, aa_zone, zone_of = cfg.node_anti_affinity, cfg.zone_anti_affinity, self.zone_of
         best = -1
-        best_key = (0, 0)
+        best_total = 0
         for i in candidates:
             cc, cm, cp = cap_c[i], cap_m[i], cap_p[i]
             uc = (cc - free_c[i] + rc) * 1000 // cc if cc else 0
@@ -465,7 +500,7 @@ class Planner:
             total = wb * (1000 - (uc - um if uc > um else um - uc))
             total += wf * (dom if pack else 1000 - dom)
             if wc:
-                c = credit[i] * 1000 // scale
+                c = credit[i] * 1000 // divisor[i]
                 total += wc * (-1000 if c < -1000 else 1000 if c > 1000 else c)
             if per_node:
                 total -= aa_node * per_node.get(i, 0)
@@ -473,9 +508,12 @@ class Planner:
                 z = zone_of[i]
                 if z >= 0:
                     total -= aa_zone * per_zone.get(z, 0)
-            key = (total, mix64(node_hash[i] ^ rh))
-            if best < 0 or key > best_key:
-                best, best_key = i, key
+            if (
+                best < 0
+                or total > best_total
+                or (total == best_total and node_hash[i] ^ rh > node_hash[best] ^ rh)
+            ):
+                best, best_total = i, total
         return best
 
     def _choose_scored(self, request: PlacementRequest, rh: int) -> int:
@@ -628,7 +666,7 @@ class Planner:
         self.free_p[i] -= rp
         self._tree_update(i)
         node = self.nodes[i]
-        self.credit[i] -= placement_cost(node.capacity, request.resources)
+        self.credit[i] -= placement_cost(node.capacity, request.resources) << self.spend_shift
         self.placed_on[request.replica_id] = node.id
         self._count_tenant(request.tenant, request.resources, +1)
         self._count_workload(request.workload, i)
@@ -658,10 +696,31 @@ class Planner:
             (use[d] * 1_000_000_000 // self.total[d]) if self.total[d] else 0 for d in range(3)
         )
 
-    def place_batch(self, requests: Sequence[PlacementRequest]) -> list[Decision]:
+    def place_batch(
+        self,
+        requests: Sequence[PlacementRequest],
+        *,
+        clock: Callable[[], float] | None = None,
+        latencies: list[float] | None = None,
+    ) -> list[Decision]:
         """Decide ``requests`` (tenant fairness across tenants, priority within one);
-        decisions come back in the order of ``requests``."""
+        decisions come back in the order of ``requests``.
+
+        With ``clock`` (e.g. ``time.perf_counter``, passed in by a benchmark: the
+        library never reads a clock itself), the time of each decision is appended
+        to ``latencies``.
+        """
         decisions: list[Decision | None] = [None] * len(requests)
+        timings = latencies if latencies is not None else []
+
+        def decide(pos: int) -> Decision:
+            if clock is None:
+                return self.place_one(requests[pos])
+            started = clock()
+            decision = self.place_one(requests[pos])
+            timings.append(clock() - started)
+            return decision
+
         seen: set[str] = set()
         queues: dict[str, list[tuple[int, int]]] = {}
         for pos, request in enumerate(requests):
@@ -686,7 +745,7 @@ class Planner:
             for queue in queues.values():
                 while queue:
                     _, pos = queue.pop()
-                    decisions[pos] = self.place_one(requests[pos])
+                    decisions[pos] = decide(pos)
         else:
             # Weighted fair order (Xen credit style): the tenant furthest below its
             # weighted share goes next, so UNDER tenants are served before OVER ones.
@@ -701,7 +760,7 @@ class Planner:
                 _, tenant = heapq.heappop(heap)
                 queue = queues[tenant]
                 _, pos = queue.pop()
-                decisions[pos] = self.place_one(requests[pos])
+                decisions[pos] = decide(pos)
                 if queue:
                     heapq.heappush(heap, key(tenant))
         return [d for d in decisions if d is not None]
