@@ -197,9 +197,9 @@ class Planner:
         self.spreads: dict[tuple[str, str, tuple[Constraint, ...]], _Spread] = {}
         self.spreads_of: dict[str, list[_Spread]] = {}
         self.domains: dict[tuple[str, tuple[Constraint, ...]], frozenset[str]] = {}
-        self.failed_shapes: dict[
-            tuple[int, int, int, tuple[Constraint, ...]], tuple[Rule, str]
-        ] = {}
+        self.failed_shapes: dict[tuple[object, ...], tuple[Rule, str]] = {}
+        self.failed_by_workload: dict[str, dict[tuple[object, ...], tuple[Rule, str]]] = {}
+        self.failed_frontier: list[tuple[int, int, int]] = []
 
         # Max-tree over free resources of usable nodes (-1 for the others).
         size = 1
@@ -582,27 +582,27 @@ class Planner:
         return chosen
 
     def _choose_best_fit(self, request: PlacementRequest, rh: int) -> int:
-        """The node left with the least free memory (then cpu) that still fits."""
+        """The node left with the least free memory (then cpu) that still fits.
+
+        The index is sorted by (free memory, free cpu), so the first entry from the
+        bisection point that fits on every resource is the best fit; the walk only
+        skips nodes with enough memory but too little cpu or pids.
+        """
         rc, rm, rp = request.resources.as_tuple()
         simple = self._simple(request)
         spread = None if simple else self._spread_for(request)
         index = self._bestfit
-        pos = bisect_left(index, (rm, rc, -1, -1))
-        walked = 0
-        for entry in index[pos : pos + 256]:
+        free_p = self.free_p
+        for pos in range(bisect_left(index, (rm, rc, -1, -1)), len(index)):
+            entry = index[pos]
             i = entry[3]
-            walked += 1
-            if self._feasible(i, rc, rm, rp) and (simple or self._admissible(i, request, spread)):
-                return i
-        if pos + walked >= len(index):
-            return -1
-        best = -1
-        for i in self.fits_from(0, rc, rm, rp):
-            if (simple or self._admissible(i, request, spread)) and (
-                best < 0 or self._bestfit_key[i] < self._bestfit_key[best]
+            if (
+                entry[1] >= rc
+                and free_p[i] >= rp
+                and (simple or self._admissible(i, request, spread))
             ):
-                best = i
-        return best
+                return i
+        return -1
 
     # --------------------------------------------------------------- decisions
 
@@ -640,23 +640,49 @@ class Planner:
             return Decision(
                 replica_id=request.replica_id, node_id=None, rule="tenant_cap", reason=capped
             )
+        # Within a batch free room only shrinks, so a shape that failed fails again;
+        # with distinct_nodes or spread it also depends on the workload's own
+        # placements, so those failures are forgotten when the workload places one.
         res = request.resources
         shape = (res.cpu_millicores, res.memory_bytes, res.pids, request.constraints)
         simple_shape = not request.distinct_nodes and request.spread_by is None
         if simple_shape:
-            known = self.failed_shapes.get(shape)
-            if known is not None:
-                return Decision(
-                    replica_id=request.replica_id, node_id=None, rule=known[0], reason=known[1]
-                )
+            failed = self.failed_shapes
+            key: tuple[object, ...] = shape
+        else:
+            failed = self.failed_by_workload.setdefault(request.workload, {})
+            key = (*shape, request.distinct_nodes, request.spread_by, request.max_skew)
+        known: tuple[Rule, str] | None = failed.get(key)
+        if known is None and simple_shape and not request.constraints:
+            # A request at least as large as one that already failed fails too.
+            for small in self.failed_frontier:
+                if small[0] <= shape[0] and small[1] <= shape[1] and small[2] <= shape[2]:
+                    verdict: tuple[Rule, str] = ("resources", self._no_room_reason(res))
+                    failed[key] = known = verdict
+                    break
+        if known is not None:
+            return Decision(
+                replica_id=request.replica_id,
+                node_id=None,
+                rule=known[0],
+                reason=known[1],
+            )
         i = self._choose(request, self.request_hash(request)) if self.n else -1
         if i < 0:
             rule, reason = self.why_not(request)
-            if simple_shape:
-                self.failed_shapes[shape] = (rule, reason)
+            failed[key] = (rule, reason)
+            if simple_shape and not request.constraints and rule == "resources":
+                self._remember_failure((res.cpu_millicores, res.memory_bytes, res.pids))
             return Decision(replica_id=request.replica_id, node_id=None, rule=rule, reason=reason)
         self.commit(request, i)
         return Decision(replica_id=request.replica_id, node_id=self.ids[i])
+
+    def _remember_failure(self, shape: tuple[int, int, int]) -> None:
+        """Keep the Pareto-minimal shapes that found no room (at most 64)."""
+        c, m, p = shape
+        kept = [s for s in self.failed_frontier if not (c <= s[0] and m <= s[1] and p <= s[2])]
+        kept.append(shape)
+        self.failed_frontier = kept[-64:]
 
     def commit(self, request: PlacementRequest, i: int) -> None:
         """Record ``request`` as placed on node ``i``."""
@@ -670,6 +696,7 @@ class Planner:
         self.placed_on[request.replica_id] = node.id
         self._count_tenant(request.tenant, request.resources, +1)
         self._count_workload(request.workload, i)
+        self.failed_by_workload.pop(request.workload, None)
         for spread in self.spreads_of.get(request.workload, ()):
             value = node.label(spread.key)
             if value is not None:
@@ -769,67 +796,59 @@ class Planner:
 
     def why_not(self, request: PlacementRequest) -> tuple[Rule, str]:
         """Which rule keeps ``request`` off every node, in words a user can act on."""
-        rid = request.replica_id
         want = request.resources.as_tuple()
         if self.n == 0:
-            return "no_nodes", f"no nodes are known, so {rid} cannot be placed"
+            return "no_nodes", "no nodes are known"
         usable_count = self.n - sum(self.not_usable.values())
         if usable_count == 0:
             return "state", f"no node can take new work: {self._not_usable_text()}"
         suffix = f" ({self._not_usable_text()} take no new work)" if self.not_usable else ""
-        if self._simple(request):
-            # Only resources can block it: answer from the max-tree, no scan.
-            for dim in (1, 0, 2):
-                j = self._argmax(dim)
-                free = (self.free_c, self.free_m, self.free_p)[dim][j]
-                if free < want[dim]:
-                    return "resources", (
-                        f"no node has {_dim_phrase(dim, want[dim])} free; largest free: "
-                        f"{_fmt(dim, max(free, 0))} on {self.ids[j]}{suffix}"
-                    )
-            j = self._argmax(1)
-            return "resources", (
-                f"no node has {request.resources.human()} free together; closest: "
-                f"{self.ids[j]} with {self._free_text(j)} free{suffix}"
-            )
-        usable = [i for i in range(self.n) if self.usable[i]]
-        matching = usable
-        for constraint in request.constraints:
-            kept = [i for i in matching if constraint.matches(self.nodes[i])]
-            if not kept:
-                seen = sorted(
-                    {v for i in matching if (v := self.nodes[i].label(constraint.key)) is not None}
-                )
-                values = (
-                    f"values of {constraint.key} there: {', '.join(seen)}"
-                    if seen
-                    else (f"none has the label {constraint.key}")
-                )
-                return "constraints", (
-                    f"no usable node matches constraint {constraint} "
-                    f"({len(matching)} nodes otherwise eligible; {values}){suffix}"
-                )
-            matching = kept
-        scope = (
-            f" among the {len(matching)} nodes matching {self._constraints_text(request)}"
-            if (request.constraints)
-            else ""
-        )
         frees = (self.free_c, self.free_m, self.free_p)
-        fitting = [i for i in matching if all(frees[d][i] >= want[d] for d in range(3))]
-        if not fitting:
-            for dim in (1, 0, 2):
-                j = self._most_free(matching, frees[dim])
-                if frees[dim][j] < want[dim]:
-                    return "resources", (
-                        f"no node{scope} has {_dim_phrase(dim, want[dim])} free; largest free: "
-                        f"{_fmt(dim, max(frees[dim][j], 0))} on {self.ids[j]}{suffix}"
+        if not request.constraints:
+            # Resources first, answered from the max-tree without a scan.
+            fitting = list(self._fits_range(0, self.n, *want))
+            if not fitting:
+                return "resources", self._no_room_reason(request.resources)
+            scope = ""
+        else:
+            usable = [i for i in range(self.n) if self.usable[i]]
+            matching = usable
+            for constraint in request.constraints:
+                kept = [i for i in matching if constraint.matches(self.nodes[i])]
+                if not kept:
+                    seen = sorted(
+                        {
+                            v
+                            for i in matching
+                            if (v := self.nodes[i].label(constraint.key)) is not None
+                        }
                     )
-            j = max(matching, key=lambda i: (self.free_m[i], self.ids[i]))
-            return "resources", (
-                f"no node{scope} has {request.resources.human()} free together; closest: "
-                f"{self.ids[j]} with {self._free_text(j)} free{suffix}"
-            )
+                    values = (
+                        f"values of {constraint.key} there: {', '.join(seen)}"
+                        if seen
+                        else (f"none has the label {constraint.key}")
+                    )
+                    return "constraints", (
+                        f"no usable node matches constraint {constraint} "
+                        f"({len(matching)} nodes otherwise eligible; {values}){suffix}"
+                    )
+                matching = kept
+            scope = f" among the {len(matching)} nodes matching {self._constraints_text(request)}"
+            fitting = [i for i in matching if all(frees[d][i] >= want[d] for d in range(3))]
+            if not fitting:
+                for dim in (1, 0, 2):
+                    j = self._most_free(matching, frees[dim])
+                    if frees[dim][j] < want[dim]:
+                        return "resources", (
+                            f"no node{scope} has {_dim_phrase(dim, want[dim])} free; "
+                            f"largest free: {_fmt(dim, max(frees[dim][j], 0))} on "
+                            f"{self.ids[j]}{suffix}"
+                        )
+                j = self._most_free(matching, self.free_m)
+                return "resources", (
+                    f"no node{scope} has {request.resources.human()} free together; closest: "
+                    f"{self.ids[j]} with {self._free_text(j)} free{suffix}"
+                )
         if request.distinct_nodes:
             per_node = self.wl_node.get(request.workload, {})
             free_of_it = [i for i in fitting if not per_node.get(i)]
@@ -849,12 +868,34 @@ class Planner:
             lowest = spread.minimum()
             starved = sorted(d for d in spread.domains if spread.counts.get(d, 0) == lowest)
             return "spread", (
-                f"placing {rid} would exceed max_skew {request.max_skew} over "
+                f"one more replica of {request.workload} would exceed max_skew "
+                f"{request.max_skew} over "
                 f"{spread.key} for {request.workload} (replicas per {spread.key}: {counts}); "
                 f"the emptiest ({', '.join(starved)}) has no node with room{scope}: "
                 f"free room there or raise max_skew"
             )
-        return "resources", f"no node could take {rid}{scope}{suffix}"  # pragma: no cover
+        return (
+            "resources",
+            f"no node could take {request.workload}{scope}{suffix}",
+        )  # pragma: no cover
+
+    def _no_room_reason(self, resources: Resources) -> str:
+        """Why no usable node fits ``resources`` (known to be true), from the max-tree."""
+        want = resources.as_tuple()
+        frees = (self.free_c, self.free_m, self.free_p)
+        suffix = f" ({self._not_usable_text()} take no new work)" if self.not_usable else ""
+        for dim in (1, 0, 2):
+            j = self._argmax(dim)
+            if frees[dim][j] < want[dim]:
+                return (
+                    f"no node has {_dim_phrase(dim, want[dim])} free; largest free: "
+                    f"{_fmt(dim, max(frees[dim][j], 0))} on {self.ids[j]}{suffix}"
+                )
+        j = self._argmax(1)
+        return (
+            f"no node has {resources.human()} free together; closest: "
+            f"{self.ids[j]} with {self._free_text(j)} free{suffix}"
+        )
 
     def _most_free(self, among: Sequence[int], free: Sequence[int]) -> int:
         return max(among, key=lambda i: (free[i], self.ids[i]))
