@@ -14,7 +14,13 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from agent.errors import AgentUnreachableError, ApiError, ConfigError, NotFoundError
+from agent.errors import (
+    AgentUnreachableError,
+    ApiError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -171,4 +177,6 @@ def _error_from(status: int, decoded: Any) -> ApiError:
     message = message or f"the agent answered HTTP {status}"
     if status == 404:
         return NotFoundError(message)
+    if status == 409:
+        return ConflictError(message)
     return ApiError(message, status=status)

@@ -7,9 +7,11 @@ anything else escaping is a bug in Hypha and is allowed to crash loudly::
     ├── ConfigError            a config file, flag or spec value is wrong (names the key)
     ├── SecretError            the cluster secret or a key file is missing, short or too open
     ├── ApiError               the agent's API answered with an error (carries the status)
-    │   └── NotFoundError      the named workload, node or replica does not exist
+    │   ├── NotFoundError      the named workload, node or replica does not exist
+    │   └── ConflictError      the write conflicts with the current state (exists, version)
     ├── AgentUnreachableError  no agent answers at the API address
     ├── ConsensusError         Raft could not commit (no leader, timeout, stale term)
+    │   └── NotLeaderError     this agent is not the leader (carries the leader's API)
     ├── GossipUnavailableError membership could not be joined or read
     └── RuntimeUnavailableError the container runtime is missing or refused
 
@@ -49,12 +51,27 @@ class NotFoundError(ApiError):
         super().__init__(message, status=404)
 
 
+class ConflictError(ApiError):
+    """The write conflicts with the current state: the workload exists, or its version moved."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=409)
+
+
 class AgentUnreachableError(HyphaError):
     """No agent answers at the API address."""
 
 
 class ConsensusError(HyphaError):
     """Raft could not commit a write: no leader, a timeout, or a stale term."""
+
+
+class NotLeaderError(ConsensusError):
+    """This agent is not the Raft leader; ``leader_api`` is where writes go (None if unknown)."""
+
+    def __init__(self, message: str, leader_api: str | None = None) -> None:
+        super().__init__(message)
+        self.leader_api = leader_api
 
 
 class GossipUnavailableError(HyphaError):

@@ -1,4 +1,40 @@
 """Drivers that run Hypha's containers: ``oci`` (youki, runc, crun), ``process`` and ``mock``.
 
-This package imports nothing else of Hypha's.
+This package imports nothing else of Hypha's. Open a driver with ``open_driver``;
+every driver implements the ``Driver`` protocol (see ``runtime.driver``), and all
+errors are ``DriverError``s (see ``runtime.errors``).
 """
+
+from runtime.driver import Driver, DriverKind, find_oci_runtime, open_driver
+from runtime.errors import (
+    ContainerExistsError,
+    ContainerNotFoundError,
+    DriverError,
+    RuntimeFailedError,
+    RuntimeNotFoundError,
+    SpecError,
+    StartError,
+)
+from runtime.mock import MockDriver, MockHost
+from runtime.process import ProcessDriver
+from runtime.spec import ContainerSpec, ContainerState, ContainerStatus
+
+__all__ = [
+    "ContainerExistsError",
+    "ContainerNotFoundError",
+    "ContainerSpec",
+    "ContainerState",
+    "ContainerStatus",
+    "Driver",
+    "DriverError",
+    "DriverKind",
+    "MockDriver",
+    "MockHost",
+    "ProcessDriver",
+    "RuntimeFailedError",
+    "RuntimeNotFoundError",
+    "SpecError",
+    "StartError",
+    "find_oci_runtime",
+    "open_driver",
+]

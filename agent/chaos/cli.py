@@ -97,8 +97,8 @@ def pause(node: str, seconds: float) -> None:
 def restart(node: str, grace: float) -> None:
     """Stop the agent NODE (SIGTERM) and start it again with the same command line."""
     (agent,) = faults.resolve([node], _agents())
-    pid = faults.restart(agent, grace=grace)
-    click.echo(f"restarted {agent.name}: pid {agent.pid} -> {pid}")
+    child = faults.restart(agent, grace=grace)
+    click.echo(f"restarted {agent.name}: pid {agent.pid} -> {child.pid}")
 
 
 def _groups(specs: Sequence[str], agents: dict[str, LocalAgent]) -> list[list[LocalAgent]]:

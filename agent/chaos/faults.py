@@ -149,11 +149,14 @@ def pause(agent: LocalAgent, seconds: float) -> None:
         _signal(agent.pid, signal.SIGCONT)
 
 
-def restart(agent: LocalAgent, *, grace: float = 10.0, log: Path | None = None) -> int:
+def restart(
+    agent: LocalAgent, *, grace: float = 10.0, log: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Stop the agent (SIGTERM, SIGKILL after ``grace``), start it again the same way.
 
-    Returns the new pid. The new process runs in its own session, so it outlives
-    the chaos command; its output goes to ``log`` (default: DATA_DIR/agent.log).
+    Returns the new process; a long-lived caller must ``wait()`` for it in the end.
+    It runs in its own session, so it outlives a one-shot chaos command; its output
+    goes to ``log`` (default: DATA_DIR/agent.log).
     """
     env = _environ(agent.pid)
     _signal(agent.pid, signal.SIGTERM)
@@ -172,7 +175,7 @@ def restart(agent: LocalAgent, *, grace: float = 10.0, log: Path | None = None) 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return child.pid
+    return child
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:

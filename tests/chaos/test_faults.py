@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -112,7 +111,8 @@ def test_discover_kill_pause_restart(
     assert not stopped()
 
     # restart: same command line, new pid, outlives us in its own session.
-    new_pid = faults.restart(a, grace=5, log=tmp_path / "a.log")
+    child = faults.restart(a, grace=5, log=tmp_path / "a.log")
+    new_pid = child.pid
     try:
         assert not Path(f"/proc/{a.pid}").exists()  # the old process is gone (and reaped)
         wait_for(lambda: faults.discover_local_agents().get("fake-a") is not None)
@@ -120,7 +120,8 @@ def test_discover_kill_pause_restart(
         assert again.pid == new_pid != a.pid
         assert again.argv == a.argv
     finally:
-        os.kill(new_pid, 9)
+        child.kill()
+        child.wait(timeout=10)
 
     faults.kill(b)
     assert procs[1].wait(timeout=10) == -9

@@ -1,0 +1,361 @@
+"""``hypha agent`` (run one agent) and ``hypha up`` (a local cluster of several)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent import logs as log_setup
+from agent.cli import CliState, cli
+from agent.config import load_config, parse_size
+from agent.errors import ConfigError, HyphaError
+from agent.secrets import check_private, generate_secret, write_secret
+
+log = logging.getLogger("hypha.agent")
+
+
+def _labels(items: tuple[str, ...]) -> dict[str, str] | None:
+    if not items:
+        return None
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--label: expected KEY=VALUE, got {item!r}")
+        labels[key] = value
+    return labels
+
+
+@cli.command("agent")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (flat or under [agent]); flags override it.",
+)
+@click.option("--name", help="This node's name [host name].")
+@click.option("--bind", metavar="HOST:PORT", help="Gossip UDP address [0.0.0.0:7946].")
+@click.option("--advertise", metavar="HOST:PORT", help="Address others reach this agent at.")
+@click.option(
+    "--join",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="An agent of the cluster to join (repeatable); none starts a new cluster.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Raft journal, container state, logs and the API socket.",
+)
+@click.option(
+    "--driver",
+    type=click.Choice(["auto", "oci", "process", "mock"]),
+    help="How containers run [auto: oci if youki/runc/crun exists, else process].",
+)
+@click.option(
+    "--runtime-path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The OCI runtime binary (default: youki, runc or crun on PATH).",
+)
+@click.option(
+    "--secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Cluster secret from `hypha keygen` (mode 0600) [DATA_DIR/secret].",
+)
+@click.option(
+    "--keyring",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Gossip keyring file with rotated keys (mode 0600).",
+)
+@click.option(
+    "--api-socket",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The API's Unix socket [DATA_DIR/api.sock].",
+)
+@click.option("--api-tcp", metavar="HOST:PORT", help="Also serve the API on TCP (needs a token).")
+@click.option(
+    "--api-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Bearer token file (mode 0600) for --api-tcp.",
+)
+@click.option("--raft-bind", metavar="HOST:PORT", help="Raft TCP address [advertise port + 1].")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Node label for placement rules (repeatable).",
+)
+@click.option("--zone", help="Failure domain for spreading replicas.")
+@click.option(
+    "--cpu",
+    "cpu_millicores",
+    type=click.IntRange(1),
+    metavar="MILLICORES",
+    help="Capacity override: CPU millicores for replicas.",
+)
+@click.option("--memory", "memory", metavar="SIZE", help="Capacity override: memory (8Gi).")
+@click.option("--pids", type=click.IntRange(1), help="Capacity override: process count.")
+@click.option(
+    "--gossip-preset", type=click.Choice(["lan", "wan", "local"]), help="Gossip timers [lan]."
+)
+@click.option("--voters", type=click.Choice(["1", "3", "5"]), help="Raft voters to keep [3].")
+@click.option(
+    "--stop-on-exit/--no-stop-on-exit",
+    default=None,
+    help="Stop this node's containers when the agent exits [no].",
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines [text].")
+@click.pass_obj
+def agent_command(state: CliState, /, config_path: Path | None, **flags: Any) -> None:
+    """Run the Hypha agent on this host (gossip, Raft, scheduler, containers, API)."""
+    memory = flags.pop("memory")
+    if memory is not None:
+        flags["memory_bytes"] = parse_size(memory, key="--memory")
+    flags["labels"] = _labels(flags["labels"])
+    flags["join"] = flags["join"] or None
+    if flags.get("voters") is not None:
+        flags["voters"] = int(flags["voters"])
+    for key in (
+        "data_dir",
+        "secret_file",
+        "keyring",
+        "api_socket",
+        "api_token_file",
+        "runtime_path",
+    ):
+        if flags.get(key) is not None:
+            flags[key] = str(flags[key])
+    config = load_config(config_path, flags)
+    log_setup.configure(max(1, state.verbose), config.log_format)
+    token = None
+    if config.api_token_file is not None:
+        check_private(config.api_token_file, "api token file")
+        token = config.api_token_file.read_text().strip()
+        if len(token) < 16:
+            raise ConfigError(
+                f"api_token_file: {config.api_token_file} holds a token shorter than 16 characters"
+            )
+    import trio
+
+    from agent.daemon import run_agent
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(partial(run_agent, config, api_token=token))
+
+
+# -- hypha up ------------------------------------------------------------------------
+def _free_port(hosts: list[str]) -> int:
+    """A port free for UDP (gossip) and TCP (gossip+1 for Raft) on every host."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((hosts[0], 0))
+            port = probe.getsockname()[1]
+        if port > 65000:
+            continue
+        ok = True
+        held = []
+        try:
+            for host in hosts:
+                for kind, p in ((socket.SOCK_DGRAM, port), (socket.SOCK_STREAM, port + 1)):
+                    s = socket.socket(socket.AF_INET, kind)
+                    held.append(s)
+                    s.bind((host, p))
+        except OSError:
+            ok = False
+        finally:
+            for s in held:
+                s.close()
+        if ok:
+            return port
+    raise HyphaError("could not find a free port on the loopback addresses")
+
+
+def agent_argv(
+    name: str,
+    host: str,
+    port: int,
+    data_dir: Path,
+    secret: Path,
+    join: str | None,
+    driver: str,
+    preset: str,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "agent",
+        "agent",
+        "--name",
+        name,
+        "--bind",
+        f"{host}:{port}",
+        "--data-dir",
+        str(data_dir),
+        "--secret-file",
+        str(secret),
+        "--driver",
+        driver,
+        "--gossip-preset",
+        preset,
+        "--stop-on-exit",
+        *extra,
+    ]
+    if join:
+        argv += ["--join", join]
+    return argv
+
+
+def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if path.exists():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(str(path))
+                    return True
+                except OSError:
+                    pass
+        time.sleep(0.1)
+    return False
+
+
+@cli.command()
+@click.option(
+    "--nodes",
+    "-n",
+    type=click.IntRange(1, 50),
+    default=3,
+    show_default=True,
+    help="How many agents.",
+)
+@click.option(
+    "--dir",
+    "base_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the agents' data dirs go [a new temporary dir, removed on exit].",
+)
+@click.option(
+    "--driver",
+    type=click.Choice(["auto", "oci", "process", "mock"]),
+    default="auto",
+    show_default=True,
+    help="How containers run.",
+)
+@click.option(
+    "--gossip-preset", type=click.Choice(["lan", "wan", "local"]), default="lan", show_default=True
+)
+@click.option(
+    "--first-address",
+    default="127.0.0.2",
+    show_default=True,
+    help="Agent i listens on this address + i (loopback aliases).",
+)
+@click.pass_obj
+def up(
+    state: CliState,
+    nodes: int,
+    base_dir: Path | None,
+    driver: str,
+    gossip_preset: str,
+    first_address: str,
+) -> None:
+    """Start a local cluster of N agents on 127.0.0.2.. in the foreground; Ctrl-C stops it.
+
+    Each agent gets its own data dir (DIR/nI) and API socket (DIR/nI/api.sock); they
+    share a generated secret. Containers stop with their agents.
+    """
+    temporary = base_dir is None
+    base = Path(tempfile.mkdtemp(prefix="hypha-up-")) if base_dir is None else base_dir.resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    prefix, _, last = first_address.rpartition(".")
+    if not last.isdigit() or int(last) + nodes > 255:
+        raise ConfigError(f"--first-address: {first_address} leaves no room for {nodes} agents")
+    hosts = [f"{prefix}.{int(last) + i}" for i in range(nodes)]
+    secret = base / "secret"
+    if not secret.exists():
+        write_secret(secret, generate_secret())
+    port = _free_port(hosts)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        for i, host in enumerate(hosts):
+            name = f"n{i + 1}"
+            data_dir = base / name
+            data_dir.mkdir(parents=True, exist_ok=True)
+            join = None if i == 0 else f"{hosts[0]}:{port}"
+            argv = agent_argv(name, host, port, data_dir, secret, join, driver, gossip_preset)
+            log_file = open(data_dir / "agent.log", "ab")  # noqa: SIM115
+            proc = subprocess.Popen(
+                argv,
+                stdout=log_file,
+                stderr=log_file,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            log_file.close()
+            procs.append((name, proc))
+            if not _wait_for_socket(data_dir / "api.sock", proc, 60.0):
+                tail = (data_dir / "agent.log").read_text(errors="replace").strip().splitlines()
+                reason = tail[-1] if tail else "no output"
+                raise HyphaError(
+                    f"agent {name} did not start: {reason} (log: {data_dir / 'agent.log'})"
+                )
+            click.echo(f"{name}  {host}:{port}  api unix:{data_dir / 'api.sock'}", err=True)
+        env_file = base / "env"
+        env_file.write_text(f"export HYPHA_API=unix:{base / 'n1' / 'api.sock'}\n")
+        click.echo(
+            f"cluster of {nodes} running; in another shell:\n"
+            f"  export HYPHA_API=unix:{base / 'n1' / 'api.sock'}\n"
+            f"  hypha members; hypha run ...\n"
+            f"logs: {base}/nI/agent.log. Ctrl-C stops everything.",
+            err=True,
+        )
+        sys.stderr.flush()
+        # Agents that die (a chaos test may kill one) are left dead: the others go on.
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        click.echo("stopping the cluster...", err=True)
+        _stop_all([p for _, p in procs], base)
+        if temporary:
+            shutil.rmtree(base, ignore_errors=True)
+        click.echo("stopped", err=True)
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]], base: Path) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

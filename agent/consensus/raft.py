@@ -1,0 +1,958 @@
+"""The one bridge between trio and pysyncobj.
+
+pysyncobj runs Raft on its own tick thread; nothing in trio blocks on it:
+
+* A write is ``await node.propose(command, timeout)``: the command goes into
+  pysyncobj's queue with a callback; the callback (on the tick thread) wakes the
+  waiting trio task through the trio token's ``run_sync_soon``. It returns once the
+  command is committed *and applied* here, raises ``NotLeaderError`` (with the
+  leader's Raft address, so the agent can forward the write to the leader's API)
+  or ``ConsensusError`` (timeout, no leader). Writes in flight are bounded.
+* Every command carries a ``request_id`` and the state machine remembers results, so
+  a retry after an unknown outcome (pysyncobj reports ``LEADER_CHANGED`` and friends
+  for writes that were in fact applied, and some callbacks never fire) applies once.
+* Leader changes, role changes and applied commands arrive as ``RaftEvent`` s on
+  ``subscribe()`` channels.
+* ``serve()`` builds the ``SyncObj`` on the calling thread, which must be the main
+  thread (pysyncobj's tick thread exits when the thread that built it exits), watches
+  that the tick thread stays alive, and runs the autopilot.
+
+Voters and replicas: ``bootstrap=True`` starts a one-voter group; any other node
+starts as a read-only replica (``SyncObj(None, voters)``) that receives every entry.
+The leader's autopilot adds replicas as voters, one membership change at a time,
+until ``target_voters``; a replica that sees its own address in the voter set
+rebuilds itself as a voter. A voter the membership view no longer lists is replaced:
+a replica is added first, and the dead voter is removed only once the new one has
+caught up.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import gzip
+import json
+import logging
+import os
+import pickle
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pysyncobj.syncobj
+import trio
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.journal import FileJournal, MemoryJournal
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
+from pysyncobj.transport import TCPTransport
+from pysyncobj.utility import TcpUtility, UtilityException
+
+from agent.consensus.state import Command, DesiredState, MarkTerm, to_wire
+from agent.errors import ConsensusError, SecretError
+
+logger = logging.getLogger("hypha.consensus")
+
+MIN_PASSWORD_BYTES = 16
+META_FILE = "raft-meta.json"
+
+
+class NotLeaderError(ConsensusError):
+    """This node is not the leader; ``leader`` is the leader's Raft address, if known."""
+
+    def __init__(self, leader: str | None) -> None:
+        where = f"the leader is {leader}" if leader else "no leader is known yet"
+        super().__init__(f"this node is not the Raft leader; {where}")
+        self.leader = leader
+
+
+@dataclass(frozen=True, slots=True)
+class RaftTimings:
+    """pysyncobj's timers. ``lan()`` is the default; ``local()`` is for tests on one host.
+
+    * ``append_entries_period``: heartbeat period of the leader.
+    * ``election_timeout_min/max``: a follower that hears no leader for a random time in
+      this range starts an election. Lower re-elects faster; too low and a GIL-starved
+      follower unseats a healthy leader (pysyncobj has no pre-vote).
+    * ``leader_fallback_timeout``: a leader that has not heard from a majority for this
+      long steps down (pysyncobj's default, 30 s, lets an isolated leader believe in
+      itself far too long).
+    * ``connection_timeout``: a connection with no data for this long is dead.
+    * ``connection_retry_time``: pause between dials to a peer (a restarted node waits
+      up to this long to be redialled).
+    * ``tick_period``: the tick thread's poll timeout.
+    """
+
+    append_entries_period: float = 0.05
+    election_timeout_min: float = 0.3
+    election_timeout_max: float = 0.9
+    leader_fallback_timeout: float = 1.5
+    connection_timeout: float = 2.0
+    connection_retry_time: float = 0.5
+    tick_period: float = 0.05
+
+    @classmethod
+    def lan(cls) -> RaftTimings:
+        return cls()
+
+    @classmethod
+    def local(cls) -> RaftTimings:
+        """Same as ``lan``: on a busy 2-core host, shorter election timers only add
+        spurious elections."""
+        return cls()
+
+    def __post_init__(self) -> None:
+        if not 0 < self.append_entries_period < self.election_timeout_min:
+            raise ValueError("append_entries_period must be above 0 and below the election timeout")
+        if self.election_timeout_max <= self.election_timeout_min:
+            raise ValueError("election_timeout_max must exceed election_timeout_min")
+        if self.leader_fallback_timeout <= self.election_timeout_max:
+            raise ValueError("leader_fallback_timeout must exceed election_timeout_max")
+
+
+class EventKind(enum.Enum):
+    LEADER_CHANGED = "leader_changed"
+    ROLE_CHANGED = "role_changed"
+    APPLIED = "applied"
+    MEMBERSHIP_CHANGED = "membership_changed"
+
+
+@dataclass(frozen=True, slots=True)
+class RaftEvent:
+    """Something the agent may react to. ``data`` depends on ``kind``:
+
+    * ``LEADER_CHANGED``: ``leader`` (address or None), ``term``, ``is_self``.
+    * ``ROLE_CHANGED``: ``role`` ("voter" or "replica").
+    * ``APPLIED``: ``op``, ``request_id``, ``ok``, ``result`` (the state's answer).
+    * ``MEMBERSHIP_CHANGED``: ``change`` ("add" or "remove"), ``address``, ``voters``.
+    """
+
+    kind: EventKind
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+Membership = Callable[[], Collection[str]]
+"""Returns the Raft addresses of the members currently alive (gossip's view)."""
+
+
+class _Replicated(SyncObjConsumer):  # type: ignore[misc]
+    """What pysyncobj replicates: one ``DesiredState``, nothing else.
+
+    Attributes set before ``SyncObjConsumer.__init__`` are not serialized; the state
+    set after it is. So the hook (a callable, not picklable) lives outside the dump and
+    the dump stays pure data (anything unpicklable here breaks log compaction and then
+    the whole cluster)."""
+
+    def __init__(self, on_applied: Callable[[Mapping[str, Any], dict[str, Any]], None]) -> None:
+        self._on_applied = on_applied
+        super().__init__()
+        self.state = DesiredState()
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply(self, wire: Mapping[str, Any]) -> dict[str, Any]:
+        result = self.state.apply(wire)
+        self._on_applied(wire, result)
+        return result
+
+
+class _BoundTcpConnection(TcpConnection):  # type: ignore[misc]
+    """A pysyncobj connection whose outgoing socket leaves from our own address
+    (docs/decisions/002: chaos rules on loopback match on source addresses).
+
+    ``TcpConnection.connect`` calls ``setSockoptKeepalive`` on the new socket just before
+    ``connect()``; that is the hook."""
+
+    source_host: str | None = None
+
+    def setSockoptKeepalive(self) -> None:  # noqa: N802 (pysyncobj's name)
+        super().setSockoptKeepalive()
+        sock = getattr(self, "_TcpConnection__socket", None)
+        if self.source_host and sock is not None and self.state == CONNECTION_STATE.DISCONNECTED:
+            with contextlib.suppress(OSError):
+                sock.bind((self.source_host, 0))
+
+
+class _SafeJournal(FileJournal):  # type: ignore[misc]
+    """pysyncobj's file journal with a crash-safe compaction.
+
+    pysyncobj trims the journal after a snapshot by clearing the file and appending the
+    kept entries again, in place: a SIGKILL in between leaves a journal missing the
+    newest entries. Here the kept entries go to a new file that atomically replaces
+    the old one."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        super().__init__(path)
+
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803 (pysyncobj's names)
+        keep = list(self._FileJournal__journal[entryTo:])
+        _rewrite_journal(self._path, keep)
+        # Reopen on the new file, keeping the commit index not yet saved to the meta file.
+        unsaved = {k: self.__dict__[k] for k in ("_FileJournal__meta", "_FileJournal__metaSaved")}
+        self._FileJournal__journalFile._destroy()
+        FileJournal.__init__(self, self._path)
+        self.__dict__.update(unsaved)
+
+
+def _rewrite_journal(path: str, entries: Sequence[tuple[Any, int, int]]) -> None:
+    """Write ``entries`` as a journal at ``path``, atomically (new file, then rename)."""
+    tmp = path + ".compact"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fresh = FileJournal(tmp)
+    for entry in entries:
+        fresh.add(*entry)
+    fresh._destroy()
+    os.replace(tmp, path)
+
+
+def _create_journal(journal_file: str | None = None) -> Any:
+    if journal_file is None:
+        return MemoryJournal()
+    return _SafeJournal(journal_file)
+
+
+# The bridge is the only user of pysyncobj in the process; every SyncObj gets the safe
+# journal (pysyncobj looks createJournal up in its own module when it builds one).
+pysyncobj.syncobj.createJournal = _create_journal
+
+
+def repair_journal(journal: str, dump: str) -> bool:
+    """Make a journal start where the snapshot ends, if a crash left it longer.
+
+    pysyncobj writes the snapshot, then trims the journal; killed in between, the
+    journal still starts before the snapshot, and on the next start pysyncobj, seeing a
+    journal that does not begin with the snapshot's last two entries, *clears* it, and
+    with it every entry after the snapshot. Trimming it here first keeps them.
+    Returns True if the journal was rewritten."""
+    if not (os.path.exists(journal) and os.path.exists(dump)):
+        return False
+    try:
+        with open(dump, "rb") as handle, gzip.GzipFile(fileobj=handle) as unzipped:
+            data = pickle.load(unzipped)
+        last, prev = tuple(data[1]), tuple(data[2])
+    except (OSError, EOFError, pickle.UnpicklingError, IndexError, TypeError, ValueError):
+        logger.warning("raft snapshot %s unreadable; leaving the journal as it is", dump)
+        return False
+    reader = FileJournal(journal)
+    entries = [tuple(reader[i]) for i in range(len(reader))]
+    reader._destroy()
+    keys = [(bytes(e[0]), e[1], e[2]) for e in entries]
+    want = ((bytes(prev[0]), prev[1], prev[2]), (bytes(last[0]), last[1], last[2]))
+    for k in range(1, len(keys) - 1):
+        if keys[k] == want[0] and keys[k + 1] == want[1]:
+            logger.warning("raft journal %s started before its snapshot; trimmed %d", journal, k)
+            _rewrite_journal(journal, entries[k:])
+            return True
+    return False
+
+
+def _make_transport(source_host: str) -> type[TCPTransport]:
+    class _BoundTransport(TCPTransport):  # type: ignore[misc]
+        def addNode(self, node: Any) -> None:  # noqa: N802
+            super().addNode(node)
+            conn = self._connections.get(node)
+            if conn is not None and type(conn) is TcpConnection:
+                conn.__class__ = _BoundTcpConnection
+                conn.source_host = source_host
+
+    return _BoundTransport
+
+
+def check_address(address: str, what: str = "raft address") -> tuple[str, int]:
+    """``"host:port"`` with a numeric IPv4 host and a port in 1-65535."""
+    host, sep, port = address.rpartition(":")
+    parts = host.split(".")
+    if (
+        not sep
+        or not port.isdigit()
+        or not 0 < int(port) < 65536
+        or len(parts) != 4
+        or not all(p.isdigit() and int(p) < 256 for p in parts)
+    ):
+        raise ConsensusError(f"{what} {address!r}: expected IPv4 host:port, e.g. 127.0.0.2:7947")
+    return host, int(port)
+
+
+def discover_voters(join_via: Sequence[str], password: bytes, timeout: float = 3.0) -> list[str]:
+    """Ask the members at ``join_via`` (any voter or replica) who the voters are.
+
+    Blocking; call it from a worker thread. Uses pysyncobj's encrypted utility
+    channel, so a wrong password gets no answer."""
+    errors = []
+    for address in join_via:
+        check_address(address, "join address")
+        try:
+            status = TcpUtility(password, timeout).executeCommand(address, ["status"])
+        except UtilityException as exc:
+            errors.append(f"{address}: {exc}")
+            continue
+        if not isinstance(status, dict):
+            errors.append(f"{address}: unexpected answer")
+            continue
+        voters = {
+            key[len("partner_node_status_server_") :]
+            for key in status
+            if key.startswith("partner_node_status_server_")
+        }
+        me = status.get("self")
+        if me is not None:
+            voters.add(me.address)
+        if voters:
+            return sorted(voters)
+        errors.append(f"{address}: knows no voters")
+    raise ConsensusError(
+        "cannot join Raft: no member answered ("
+        + "; ".join(errors)
+        + "); check the addresses and that every agent uses the same cluster secret"
+    )
+
+
+class RaftNode:
+    """One agent's Raft membership and its copy of the desired state.
+
+    Build it inside ``trio.run`` on the main thread, then ``await nursery.start(node.serve)``.
+
+    ``self_addr`` is this node's Raft address (``"ip:port"``; it listens there as a
+    voter, and sends from that ip in any role). ``data_dir`` holds the journal, the
+    snapshot and ``raft-meta.json`` (role and last known voters, so a restart comes
+    back in the same role). ``password`` is derived from the cluster secret
+    (``agent.secrets.derive_key(secret, "raft-password")``); it is required.
+
+    Exactly one of ``bootstrap=True`` (start a new one-voter cluster) or ``join_via``
+    (Raft addresses of existing members) is needed on the first start; on a restart
+    both may be omitted (the meta file says who the voters were).
+    """
+
+    def __init__(
+        self,
+        self_addr: str,
+        data_dir: Path | str,
+        password: bytes | str | None,
+        *,
+        bootstrap: bool = False,
+        join_via: Sequence[str] = (),
+        membership: Membership | None = None,
+        target_voters: int = 3,
+        timings: RaftTimings | None = None,
+        max_in_flight: int = 256,
+        event_buffer: int = 4096,
+        autopilot_interval: float = 0.5,
+        log_compaction_entries: int = 5000,
+        orphan_check_after: float = 5.0,
+    ) -> None:
+        if password is None or len(password) < MIN_PASSWORD_BYTES:
+            raise SecretError(
+                "refusing to start Raft without a cluster secret: pysyncobj unpickles what it "
+                "receives, so its traffic must be authenticated (run `hypha keygen`)"
+            )
+        if bootstrap and join_via:
+            raise ConsensusError("give either bootstrap=True or join_via addresses, not both")
+        if target_voters not in (1, 3, 5, 7):
+            raise ConsensusError(f"target_voters must be 1, 3, 5 or 7, got {target_voters}")
+        self.self_addr = self_addr
+        self._host, _ = check_address(self_addr)
+        self.data_dir = Path(data_dir)
+        self._password = password.encode() if isinstance(password, str) else bytes(password)
+        for address in join_via:
+            check_address(address, "join address")
+        self._join_via = list(join_via)
+        self._bootstrap = bootstrap
+        self.membership = membership
+        self.target_voters = target_voters
+        self.timings = timings or RaftTimings.lan()
+        self._log_compaction_entries = log_compaction_entries
+        self._autopilot_interval = autopilot_interval
+        self._in_flight = trio.Semaphore(max_in_flight)
+        self._event_buffer = event_buffer
+        self._subscribers: list[trio.MemorySendChannel[RaftEvent]] = []
+        self.dropped_events = 0
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._sync: Any = None
+        self._consumer: _Replicated | None = None
+        self._role = "replica"
+        self._frozen_state: DesiredState | None = None  # shown while promoting
+        self._frozen_state_index = 0
+        self._nursery: trio.Nursery | None = None
+        self._saved_voters: list[str] = []
+        self._isolated_since: float | None = None
+        self._orphan_check_after = orphan_check_after
+        self._tick_jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._status_cache: dict[str, Any] = {}
+        self._last_leader: tuple[str | None, int, bool] | None = None
+        self._ready_term = 0
+        self._pending_change: dict[str, Any] | None = None
+        self._closed = False
+        self._poke = trio.Event()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+
+    @staticmethod
+    def has_local_state(data_dir: Path | str) -> bool:
+        """True if ``data_dir`` holds a node's Raft data: it restarts in its old role and
+        needs neither ``bootstrap`` nor ``join_via`` (so an agent restarting with the whole
+        cluster need not wait for peers to be reachable first)."""
+        return (Path(data_dir) / META_FILE).exists()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> DesiredState:
+        """This node's copy of the desired state (read-only by convention)."""
+        if self._frozen_state is not None:
+            return self._frozen_state
+        if self._consumer is None:
+            return DesiredState()
+        return self._consumer.state
+
+    @property
+    def role(self) -> str:
+        """``"voter"`` or ``"replica"``."""
+        return self._role
+
+    @property
+    def is_leader(self) -> bool:
+        return self._sync is not None and bool(self._sync._isLeader())
+
+    @property
+    def is_leader_ready(self) -> bool:
+        """Leader, and its term marker is applied: safe to act as leader (place, credit)."""
+        return self.is_leader and self._ready_term == self.term and self.state.term == self.term
+
+    @property
+    def leader(self) -> str | None:
+        if self._sync is None:
+            return None
+        node = self._sync._getLeader()
+        return None if node is None else str(node.address)
+
+    @property
+    def term(self) -> int:
+        return 0 if self._sync is None else int(self._sync.raftCurrentTerm)
+
+    @property
+    def commit_index(self) -> int:
+        return 0 if self._sync is None else int(self._sync.raftCommitIndex)
+
+    @property
+    def last_applied(self) -> int:
+        return 0 if self._sync is None else int(self._sync.raftLastApplied)
+
+    def voters(self) -> list[str]:
+        """The voter set as this node sees it (applied membership changes)."""
+        if self._sync is None:
+            return []
+        found = {n.address for n in self._sync.otherNodes}
+        if self._role == "voter":
+            found.add(self.self_addr)
+        return sorted(found)
+
+    def replicas(self) -> list[str]:
+        """Members the membership view lists that are not voters (they run as replicas)."""
+        if self.membership is None:
+            return []
+        voters = set(self.voters())
+        return sorted(a for a in self.membership() if a not in voters)
+
+    def status(self) -> dict[str, Any]:
+        """Leader, term, commit index, voters and replicas, for ``hypha status``."""
+        cached = dict(self._status_cache)
+        state = "stopped"
+        if self._sync is not None:
+            state = (
+                "leader" if self.is_leader else ("follower" if self._role == "voter" else "replica")
+            )
+        cached.update(
+            {
+                "self": self.self_addr,
+                "role": self._role,
+                "state": state,
+                "leader": self.leader,
+                "term": self.term,
+                "commit_index": self.commit_index,
+                "last_applied": self.last_applied,
+                "voters": self.voters(),
+                "replicas": self.replicas(),
+                "target_voters": self.target_voters,
+                "leader_ready": self.is_leader_ready,
+                "tick_thread_alive": bool(
+                    self._sync is not None and self._sync.tick_thread_alive()
+                ),
+                "revision": self.state.revision,
+                "pending_change": dict(self._pending_change) if self._pending_change else None,
+                "dropped_events": self.dropped_events,
+            }
+        )
+        return cached
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[RaftEvent]:
+        """A new channel of ``RaftEvent`` s. A subscriber that falls ``event_buffer``
+        events behind loses the newest ones (counted in ``dropped_events``)."""
+        send, receive = trio.open_memory_channel[RaftEvent](self._event_buffer)
+        self._subscribers.append(send)
+        return receive
+
+    def _emit(self, kind: EventKind, **data: Any) -> None:
+        event = RaftEvent(kind, data)
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                self.dropped_events += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.remove(channel)
+
+    # --------------------------------------------------------- tick-thread side
+
+    def _from_tick_thread(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the trio thread soon (called on pysyncobj's tick thread)."""
+        token = self._token
+        if token is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(fn)
+
+    def _on_applied(self, wire: Mapping[str, Any], result: dict[str, Any]) -> None:
+        # Tick thread. Keep it cheap: hand the event over to trio.
+        data = {
+            "op": wire.get("op"),
+            "request_id": wire.get("request_id"),
+            "ok": bool(result.get("ok")),
+            "result": result,
+        }
+        self._from_tick_thread(lambda: self._emit(EventKind.APPLIED, **data))
+
+    def _on_state_changed(self, old: int, new: int) -> None:
+        self._from_tick_thread(self._poke.set)
+
+    def _on_tick(self) -> None:
+        # Tick thread: run the jobs the trio side queued (status reads, membership
+        # changes), so pysyncobj's internals are only touched from its own thread.
+        while self._tick_jobs:
+            job = self._tick_jobs.popleft()
+            try:
+                job()
+            except Exception:  # a bug of ours; keep the tick thread alive, say so
+                logger.exception("raft tick job failed")
+
+    async def _on_tick_thread(self, fn: Callable[[], Any], timeout: float = 2.0) -> Any:
+        """Run ``fn`` on pysyncobj's tick thread and return its result."""
+        done = trio.Event()
+        box: list[Any] = []
+
+        def job() -> None:
+            try:
+                box.append(("ok", fn()))
+            except Exception as exc:
+                box.append(("err", exc))
+            self._from_tick_thread(done.set)
+
+        self._tick_jobs.append(job)
+        with trio.move_on_after(timeout):
+            await done.wait()
+        if not box:
+            raise ConsensusError(f"raft tick thread did not answer within {timeout:.1f}s")
+        kind, value = box[0]
+        if kind == "err":
+            raise value
+        return value
+
+    # ------------------------------------------------------------- lifecycle
+
+    def _meta_path(self) -> Path:
+        return self.data_dir / META_FILE
+
+    def _load_meta(self) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(self._meta_path().read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ConsensusError(f"{self._meta_path()}: unreadable ({exc})") from exc
+
+    def _save_meta(self, role: str, voters: Sequence[str]) -> None:
+        tmp = self._meta_path().with_suffix(".tmp")
+        tmp.write_text(json.dumps({"role": role, "self": self.self_addr, "voters": list(voters)}))
+        os.replace(tmp, self._meta_path())
+
+    def _files(self, role: str) -> tuple[str, str]:
+        prefix = "raft" if role == "voter" else "replica"
+        return str(self.data_dir / f"{prefix}.journal"), str(self.data_dir / f"{prefix}.dump")
+
+    def _build(self, role: str, voters: Sequence[str]) -> None:
+        """Build the SyncObj on this (the main) thread."""
+        if threading.current_thread() is not threading.main_thread():
+            raise ConsensusError(
+                "RaftNode must run on the main thread "
+                "(pysyncobj's tick thread dies with the thread that built it)"
+            )
+        journal, dump = self._files(role)
+        repair_journal(journal, dump)
+        t = self.timings
+        conf = SyncObjConf(
+            password=self._password,
+            journalFile=journal,
+            fullDumpFile=dump,
+            dynamicMembershipChange=True,
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=t.append_entries_period,
+            raftMinTimeout=t.election_timeout_min,
+            raftMaxTimeout=t.election_timeout_max,
+            leaderFallbackTimeout=t.leader_fallback_timeout,
+            connectionTimeout=t.connection_timeout,
+            connectionRetryTime=t.connection_retry_time,
+            autoTickPeriod=t.tick_period,
+            bindAddress=self.self_addr if role == "voter" else None,
+            maxBindRetries=1,
+            logCompactionMinEntries=self._log_compaction_entries,
+            logCompactionMinTime=300,
+            commandsWaitLeader=True,
+            onStateChanged=self._on_state_changed,
+        )
+        consumer = _Replicated(self._on_applied)
+        others = [v for v in voters if v != self.self_addr]
+        self_node = self.self_addr if role == "voter" else None
+        sync = SyncObj(
+            self_node,
+            others,
+            conf=conf,
+            consumers=[consumer],
+            transportClass=_make_transport(self._host),
+        )
+        if not sync.tick_thread_alive():
+            raise ConsensusError(
+                f"raft could not listen on {self.self_addr} (address in use or not local?)"
+            )
+        sync.addOnTickCallback(self._on_tick)
+        self._sync, self._consumer, self._role = sync, consumer, role
+        self._saved_voters = sorted(voters if role == "replica" else {*voters, self.self_addr})
+        self._save_meta(role, self._saved_voters)
+        logger.info(
+            "raft started role=%s self=%s voters=%s", role, self.self_addr, ",".join(voters)
+        )
+
+    def _destroy(self) -> None:
+        if self._sync is not None:
+            self._sync.destroy()
+
+    async def _initial_role(self) -> tuple[str, list[str]]:
+        meta = self._load_meta()
+        if meta is not None:
+            if meta.get("self") != self.self_addr:
+                raise ConsensusError(
+                    f"{self._meta_path()} belongs to {meta.get('self')}, not {self.self_addr}"
+                )
+            role, voters = str(meta["role"]), [str(v) for v in meta["voters"]]
+            if role == "replica" and self._join_via:
+                # The voters may have changed while we were away; ask, or use what we knew.
+                with contextlib.suppress(ConsensusError):
+                    voters = await trio.to_thread.run_sync(
+                        discover_voters, self._join_via, self._password
+                    )
+            return role, voters
+        if self._bootstrap:
+            return "voter", [self.self_addr]
+        if self._join_via:
+            voters = await trio.to_thread.run_sync(discover_voters, self._join_via, self._password)
+            return "replica", voters
+        raise ConsensusError(
+            f"no Raft data in {self.data_dir}: give bootstrap=True for a new cluster "
+            "or join_via addresses of existing members"
+        )
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start Raft (on this, the main, thread), report started, run until cancelled."""
+        self._token = trio.lowlevel.current_trio_token()
+        role, voters = await self._initial_role()
+        try:
+            self._build(role, voters)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._autopilot_loop)
+                task_status.started()
+                await self._watch()
+        finally:
+            self._closed = True
+            sync = self._sync
+            self._destroy()
+            with trio.CancelScope(shield=True), trio.move_on_after(3):
+                while sync is not None and sync.tick_thread_alive():
+                    await trio.sleep(0.01)
+            for channel in self._subscribers:
+                channel.close()
+
+    async def _watch(self) -> None:
+        """Leader/role changes, the tick thread's health, promotion, status cache."""
+        next_status = trio.current_time()
+        while True:
+            with trio.move_on_after(0.02):
+                await self._poke.wait()
+            self._poke = trio.Event()
+            if not self._sync.tick_thread_alive():
+                raise ConsensusError("raft tick thread died; the agent must restart")
+            self._check_leader()
+            if self._role == "replica" and self.self_addr in {
+                n.address for n in self._sync.otherNodes
+            }:
+                await self._promote_self()
+            await self._check_orphaned()
+            if self._frozen_state is not None and self.last_applied >= self._frozen_state_index:
+                self._frozen_state = None
+            voters = self.voters()
+            if voters != self._saved_voters and self._sync is not None:
+                self._saved_voters = voters
+                self._save_meta(self._role, voters)
+            now = trio.current_time()
+            if now >= next_status:
+                next_status = now + 0.2
+                with contextlib.suppress(ConsensusError):
+                    self._status_cache = await self._on_tick_thread(self._raw_status, 1.0)
+
+    async def _autopilot_loop(self) -> None:
+        while True:
+            await trio.sleep(self._autopilot_interval)
+            if self.is_leader_ready:
+                await self._autopilot()
+
+    def _check_leader(self) -> None:
+        current = (self.leader, self.term, self.is_leader)
+        if current == self._last_leader:
+            return
+        before = self._last_leader
+        self._last_leader = current
+        if before is None or before[0] != current[0] or before[2] != current[2]:
+            self._emit(
+                EventKind.LEADER_CHANGED, leader=current[0], term=current[1], is_self=current[2]
+            )
+        if current[2] and self._ready_term != current[1] and self._nursery is not None:
+            self._ready_term = -1
+            self._nursery.start_soon(self._mark_term, current[1])
+
+    async def _mark_term(self, term: int) -> None:
+        """A new leader writes its term before acting (stale terms are then refused)."""
+        command = MarkTerm(term, self.self_addr, request_id=f"term-{term}")
+        for _ in range(20):
+            if not self.is_leader or self.term != term or self._closed:
+                return
+            try:
+                result = await self.propose(command, timeout=2.0)
+            except ConsensusError:
+                continue
+            if (result.get("ok") or self.state.term >= term) and self.term == term:
+                self._ready_term = term
+                self._poke.set()
+            return
+
+    async def _promote_self(self) -> None:
+        """The leader added us as a voter: rebuild as one (same address, voter files)."""
+        voters = sorted({n.address for n in self._sync.otherNodes} | {self.self_addr})
+        logger.info("raft promoted to voter self=%s voters=%s", self.self_addr, voters)
+        await self._rebuild("voter", voters)
+
+    async def _rebuild(self, role: str, voters: Sequence[str]) -> None:
+        """Replace our SyncObj by one in ``role``; answer reads from the old state until
+        the new one has replayed as far."""
+        self._frozen_state = self._consumer.state if self._consumer is not None else None
+        self._frozen_state_index = self.last_applied
+        old = self._sync
+        old.destroy()
+        with trio.move_on_after(5):
+            while old.tick_thread_alive():
+                await trio.sleep(0.01)
+        for path in self._files(role):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self._build(role, voters)
+        self._emit(EventKind.ROLE_CHANGED, role=role)
+
+    async def _check_orphaned(self) -> None:
+        """A voter that hears nobody asks the other voters whether it is still one.
+
+        A voter removed while it was down (replaced by the autopilot) comes back to a
+        cluster that drops its connections; it would stay stale for ever. If a voter we
+        know answers with a voter set without us, we rejoin as a replica."""
+        others = [v for v in self.voters() if v != self.self_addr]
+        if self._role != "voter" or self.is_leader or self.leader is not None or not others:
+            self._isolated_since = None
+            return
+        now = trio.current_time()
+        if self._isolated_since is None:
+            self._isolated_since = now
+            return
+        if now - self._isolated_since < self._orphan_check_after:
+            return
+        self._isolated_since = now  # ask again only after another period
+        try:
+            voters = await trio.to_thread.run_sync(discover_voters, others, self._password, 2.0)
+        except ConsensusError:
+            return  # nobody answers: partitioned or down, not removed
+        if self.self_addr in voters or self.leader is not None:
+            return
+        logger.warning(
+            "raft voter %s was removed from the voter set %s; rejoining as a replica",
+            self.self_addr,
+            voters,
+        )
+        await self._rebuild("replica", voters)
+
+    # ------------------------------------------------------------- status
+
+    def _raw_status(self) -> dict[str, Any]:
+        """Tick thread: pysyncobj's status, reduced to what the agent shows."""
+        raw = self._sync.getStatus()
+        connected = sorted(
+            k[len("partner_node_status_server_") :]
+            for k, v in raw.items()
+            if k.startswith("partner_node_status_server_") and v == 2
+        )
+        match = {
+            k[len("match_idx_server_") :]: v
+            for k, v in raw.items()
+            if k.startswith("match_idx_server_") and ":" in k
+        }
+        return {
+            "has_quorum": bool(raw.get("has_quorum")),
+            "connected_voters": connected,
+            "replica_connections": int(raw.get("readonly_nodes_count", 0)),
+            "match_index": match,
+            "log_length": int(raw.get("log_len", 0)),
+        }
+
+    # ------------------------------------------------------------- writes
+
+    async def propose(
+        self, command: Command | Mapping[str, Any], timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """Commit ``command`` and return the state's result once applied here.
+
+        Raises ``InvalidCommandError`` (before anything is proposed),
+        ``NotLeaderError`` (forward to ``err.leader``) or ``ConsensusError`` (timeout;
+        the outcome is then unknown, and proposing the same command again is safe)."""
+        wire = to_wire(command)
+        request_id = wire["request_id"]
+        deadline = trio.current_time() + timeout
+        with trio.move_on_at(deadline):
+            async with self._in_flight:
+                while True:
+                    done = self.state.result_of(request_id)
+                    if done is not None:
+                        return done
+                    if self._sync is None:
+                        raise ConsensusError("raft is not running")
+                    if not self.is_leader:
+                        leader = self.leader
+                        if leader is not None:
+                            raise NotLeaderError(leader)
+                        await trio.sleep(0.02)
+                        continue
+                    result, error = await self._submit(wire)
+                    if error == FAIL_REASON.SUCCESS:
+                        return dict(result)
+                    # Unknown outcome (leader changed, discarded, queue full...): the
+                    # request id makes a retry safe; wait a little and look again.
+                    await trio.sleep(0.02)
+        done = self.state.result_of(request_id)
+        if done is not None:
+            return done
+        raise ConsensusError(
+            f"{wire['op']} not committed within {timeout:.1f}s (leader={self.leader}); "
+            "it may still commit, and retrying the same request is safe"
+        )
+
+    async def _submit(self, wire: dict[str, Any]) -> tuple[Any, int]:
+        event = trio.Event()
+        box: list[Any] = []
+
+        def resolve(result: Any, error: int) -> None:
+            box.append((result, error))
+            event.set()
+
+        def callback(result: Any, error: int) -> None:  # tick thread
+            self._from_tick_thread(lambda: resolve(result, error))
+
+        assert self._consumer is not None
+        self._consumer.apply(wire, callback=callback)
+        await event.wait()
+        return box[0]
+
+    # ------------------------------------------------------------- autopilot
+
+    async def _change_membership(self, change: str, address: str) -> bool:
+        """One membership change, proposed on the tick thread; True once committed."""
+        done = trio.Event()
+        box: list[int] = []
+
+        def callback(_result: Any, error: int) -> None:
+            box.append(error)
+            self._from_tick_thread(done.set)
+
+        def job() -> None:
+            if change == "add":
+                self._sync.addNodeToCluster(address, callback=callback)
+            else:
+                self._sync.removeNodeFromCluster(address, callback=callback)
+
+        self._tick_jobs.append(job)
+        with trio.move_on_after(10):
+            await done.wait()
+        ok = bool(box) and box[0] == FAIL_REASON.SUCCESS
+        logger.info("raft membership %s %s -> %s", change, address, "committed" if ok else box)
+        return ok
+
+    async def _autopilot(self) -> None:
+        """Leader only: grow the voter set to the target, replace dead voters.
+
+        One change at a time: a change is finished when it is committed and, for an
+        add, the new voter is connected and caught up with the leader's commit index."""
+        if self.membership is None:
+            return
+        voters = set(self.voters())
+        pending = self._pending_change
+        if pending is not None:
+            if pending["change"] == "add":
+                status = self._status_cache
+                caught_up = status.get("match_index", {}).get(pending["address"], 0)
+                if (
+                    pending["address"] in status.get("connected_voters", [])
+                    and caught_up >= pending["commit_index"]
+                ):
+                    self._pending_change = None
+                elif trio.current_time() - pending["since"] > 30:
+                    logger.warning("raft voter %s did not catch up in 30s", pending["address"])
+                    self._pending_change = None
+                return
+            self._pending_change = None
+        alive = set(self.membership())
+        dead = sorted(voters - alive - {self.self_addr})
+        candidates = sorted(alive - voters)
+        change: tuple[str, str] | None = None
+        # Grow only towards an odd size we can reach (1 -> 3 needs two replicas: an even
+        # voter set tolerates no more failures than the odd one below it, and 2 voters
+        # need both alive); replace a dead voter by adding first, removing after.
+        room = min(self.target_voters, len(voters) + len(candidates))
+        reachable = room if room % 2 else room - 1
+        if len(voters) > self.target_voters and dead:
+            change = ("remove", dead[0])
+        elif candidates and (
+            len(voters) < reachable or (dead and len(voters) <= self.target_voters)
+        ):
+            change = ("add", candidates[0])
+        if change is None:
+            return
+        kind, address = change
+        self._pending_change = {
+            "change": kind,
+            "address": address,
+            "since": trio.current_time(),
+            "commit_index": self.commit_index,
+        }
+        ok = await self._change_membership(kind, address)
+        if not ok:
+            self._pending_change = None
+            return
+        self._save_meta("voter", self.voters())
+        self._emit(EventKind.MEMBERSHIP_CHANGED, change=kind, address=address, voters=self.voters())
+        if kind == "remove":
+            self._pending_change = None

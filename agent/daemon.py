@@ -1,0 +1,813 @@
+"""``hypha agent``: one trio nursery owning gossip, Raft, the leader loop, the node
+reconciler and the API.
+
+The agent composes the libraries and translates their errors where they enter
+(docs/decisions/001-error-roots.md). It is also the API's ``Backend``: reads are
+answered from the local copy of the replicated state and the gossip view; writes
+are proposed to Raft when this agent leads, and otherwise raise ``NotLeaderError``
+with the leader's API address so the API forwards them.
+
+Shutdown (SIGTERM/SIGINT, or ``Agent.shutdown()``): stop accepting API requests,
+stop this node's containers only with ``stop_on_exit``, leave the gossip cluster,
+close Raft and the driver. A task that crashes takes the whole agent down (the
+nursery re-raises), so it is never half alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import trio
+
+import gossip
+import runtime
+import scheduler
+from agent import __version__
+from agent.api import ApiApp
+from agent.config import AgentConfig, parse_host_port
+from agent.consensus import state as cstate
+from agent.consensus.raft import RaftNode
+from agent.errors import (
+    ConfigError,
+    ConflictError,
+    ConsensusError,
+    GossipUnavailableError,
+    NotFoundError,
+    NotLeaderError,
+    RuntimeUnavailableError,
+    SecretError,
+)
+from agent.leader import LeaderLoop, PlacementView, WorkloadView, plan, request_for
+from agent.nodes import (
+    REPLICA_PREFIX,
+    NodeView,
+    encode,
+    host_capacity,
+    host_load,
+    node_from_state,
+    replica_value,
+)
+from agent.peer import PeerClient
+from agent.reconciler import DesiredReplica, Reconciler, ReplicaReport
+from agent.secrets import derive_key, load_secret
+from agent.server import serve_api, tcp_listener, unix_listener
+from agent.spec import WorkloadSpec, split_replica_id
+
+log = logging.getLogger("hypha.agent")
+
+PROPOSE_TIMEOUT = 10.0
+JOIN_TIMEOUT = 30.0
+PUBLISH_INTERVAL = 5.0
+LEADER_WAIT = 5.0
+
+
+def container_prefix(name: str) -> str:
+    """A per-agent container id prefix: readable, unique per node name, <= 31 chars."""
+    clean = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:20] or "node"
+    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    return f"hy-{clean}-{digest}"[:31].strip("-")
+
+
+def cluster_token(secret: bytes) -> str:
+    """The bearer token agents use with each other's TCP API (derived, never stored)."""
+    return derive_key(secret, "api-token").hex()
+
+
+class Agent:
+    """One node of a Hypha cluster. ``await Agent(config, secret=...).run()``."""
+
+    def __init__(self, config: AgentConfig, *, secret: bytes, api_token: str | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self._secret = secret
+        self._api_token = api_token
+        self.cluster_token = cluster_token(secret)
+        self.advertise_host, self.gossip_port = config.advertise_address
+        self.peer = PeerClient(self.cluster_token, local_host=self.advertise_host)
+        self.api_address: str | None = None
+        self.raft_address: str | None = None
+        self.driver_reason = ""
+        self.started_at = time.time()
+        self._spec_cache: dict[tuple[str, int], WorkloadSpec] = {}
+        self._published: dict[str, str] = {}
+        self._shutdown = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.gossip: Any = None
+        self.raft: Any = None
+        self.driver: Any = None
+        self.reconciler: Reconciler | None = None
+        self.leader_loop: LeaderLoop | None = None
+        self.capacity = host_capacity(config.cpu_millicores, config.memory_bytes, config.pids)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[Agent] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(config.data_dir, 0o700)
+        unix_sock = unix_listener(config.api_socket_path)
+        tcp_sock = self._tcp_listener()
+        try:
+            self.driver = self._open_driver()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._start_gossip(nursery)
+                await self._start_raft(nursery)
+                self._publish_static()
+                self.reconciler = Reconciler(
+                    self.driver,
+                    node=self.name,
+                    desired=self._desired_replicas,
+                    on_report=self._publish_replicas,
+                )
+                self.leader_loop = self._make_leader_loop()
+                reconciler_scope = trio.CancelScope()
+                await nursery.start(self._run_reconciler, reconciler_scope)
+                nursery.start_soon(self.leader_loop.run)
+                nursery.start_soon(self._pump_raft_events)
+                nursery.start_soon(self._pump_gossip_events)
+                nursery.start_soon(self._publish_loop)
+                tokens = [self.cluster_token] + ([self._api_token] if self._api_token else [])
+                app = ApiApp(self, tokens=tokens, peer=self.peer)
+                local_app = ApiApp(self, peer=self.peer)
+                api_scope = trio.CancelScope()
+                nursery.start_soon(self._serve_api, api_scope, local_app, unix_sock, app, tcp_sock)
+                nursery.start_soon(self._watch_signals)
+                log.info(
+                    "agent running",
+                    extra={
+                        "node": self.name,
+                        "api": self.api_address,
+                        "raft": self.raft_address,
+                        "driver": self.driver_reason,
+                    },
+                )
+                task_status.started(self)
+                await self._shutdown.wait()
+                log.info("shutting down", extra={"node": self.name})
+                api_scope.cancel()
+                reconciler_scope.cancel()
+                if config.stop_on_exit:
+                    await self.reconciler.stop_all()
+                with trio.move_on_after(3):
+                    try:
+                        await self.gossip.leave(timeout=2.0)
+                    except gossip.GossipError as exc:
+                        log.warning("leave failed", extra={"error": str(exc)})
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._close()
+            unix_sock.close()
+            with contextlib.suppress(OSError):
+                config.api_socket_path.unlink()
+
+    async def _close(self) -> None:
+        if self.driver is not None:
+            with trio.move_on_after(5):
+                await self.driver.close()
+
+    async def _run_reconciler(
+        self,
+        scope: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        assert self.reconciler is not None
+        with scope:
+            await self.reconciler.run(task_status=task_status)
+
+    async def _serve_api(
+        self, scope: trio.CancelScope, local_app: ApiApp, unix_sock: Any, app: ApiApp, tcp_sock: Any
+    ) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(serve_api, local_app, unix_sock)
+                nursery.start_soon(serve_api, app, tcp_sock)
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal received", extra={"signal": signal.Signals(signum).name})
+                self.shutdown()
+                return
+
+    def _tcp_listener(self) -> Any:
+        if self.config.api_tcp is not None:
+            host, port = parse_host_port(self.config.api_tcp, key="api_tcp")
+        else:
+            host, port = self.advertise_host, 0
+        sock = tcp_listener(host, port)
+        bound_port = sock.getsockname()[1]
+        public_host = self.advertise_host if host in ("0.0.0.0", "::") else host
+        self.api_address = f"http://{public_host}:{bound_port}"
+        return sock
+
+    def _open_driver(self) -> Any:
+        try:
+            driver, reason = runtime.open_driver(
+                self.config.driver,
+                state_dir=(self.config.data_dir / "runtime").resolve(),
+                prefix=container_prefix(self.name),
+                runtime_path=self.config.runtime_path,
+            )
+        except runtime.DriverError as exc:
+            raise RuntimeUnavailableError(f"driver: {exc}") from exc
+        self.driver_reason = reason
+        return driver
+
+    # -- gossip ------------------------------------------------------------------------
+    def _gossip_config(self) -> Any:
+        preset = self.config.gossip_preset
+        return getattr(gossip.GossipConfig, preset)()
+
+    def _keyring(self) -> Any:
+        primary = derive_key(self._secret, "gossip-key-0")
+        if self.config.keyring is not None:
+            try:
+                keyring = gossip.Keyring.load(self.config.keyring)
+            except gossip.GossipError as exc:
+                raise SecretError(f"keyring: {exc}") from exc
+            known: list[bytes] = keyring.keys()
+            if primary not in known:
+                keyring.install(primary)
+            return keyring
+        return gossip.Keyring(primary)
+
+    async def _start_gossip(self, nursery: trio.Nursery) -> None:
+        bind = parse_host_port(self.config.bind, key="bind")
+        self.gossip = gossip.GossipService(
+            self._gossip_config(),
+            name=self.name,
+            bind=bind,
+            advertise=(self.advertise_host, self.gossip_port),
+            keyring=self._keyring(),
+        )
+        try:
+            await nursery.start(self.gossip.serve)
+        except gossip.GossipError as exc:
+            raise GossipUnavailableError(f"bind: {exc}") from exc
+        self.gossip.set("api", encode(self.api_address))
+        if self.config.join:
+            seeds = [parse_host_port(s, key="join", default_port=7946) for s in self.config.join]
+            try:
+                known = await self.gossip.join(seeds, timeout=JOIN_TIMEOUT)
+            except gossip.GossipError as exc:
+                raise GossipUnavailableError(f"join: {exc}") from exc
+            log.info("joined the cluster", extra={"members": known})
+
+    # -- raft --------------------------------------------------------------------------
+    def _raft_addr(self) -> str:
+        if self.config.raft_bind is not None:
+            host, port = parse_host_port(self.config.raft_bind, key="raft_bind")
+            if host in ("0.0.0.0", "::"):
+                host = self.advertise_host
+            return f"{host}:{port}"
+        return f"{self.advertise_host}:{self.gossip_port + 1}"
+
+    async def _peer_raft_addresses(self) -> list[str]:
+        """Raft addresses other agents publish in gossip (waits for the first)."""
+        with trio.move_on_after(JOIN_TIMEOUT):
+            while True:
+                found = []
+                for name, state in self.gossip.states().items():
+                    if name == self.name:
+                        continue
+                    raft = state.get("raft")
+                    if raft:
+                        found.append(str(_json(raft)))
+                if found:
+                    return sorted(found)
+                await trio.sleep(0.1)
+        raise GossipUnavailableError(
+            "join: reached the cluster but no agent published its Raft address within "
+            f"{JOIN_TIMEOUT:.0f}s"
+        )
+
+    async def _start_raft(self, nursery: trio.Nursery) -> None:
+        self.raft_address = self._raft_addr()
+        password = derive_key(self._secret, "raft-password").hex()
+        data_dir = self.config.data_dir / "raft"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {}
+        if self.config.join:
+            kwargs["join_via"] = await self._peer_raft_addresses()
+        else:
+            kwargs["bootstrap"] = True
+        self.raft = RaftNode(
+            self.raft_address,
+            data_dir,
+            password,
+            membership=self._raft_membership,
+            target_voters=self.config.voters,
+            **kwargs,
+        )
+        await nursery.start(self.raft.serve)
+        self.gossip.set("raft", encode(self.raft_address))
+
+    def _raft_membership(self) -> list[str]:
+        """Raft addresses of the members gossip sees alive, for the autopilot."""
+        result = []
+        states = self.gossip.states()
+        for member in self.gossip.members():
+            if member.state != "alive":
+                continue
+            raft = _json(states.get(member.name, {}).get("raft"))
+            if raft:
+                result.append(str(raft))
+        return result
+
+    @property
+    def state(self) -> cstate.DesiredState:
+        return self.raft.state
+
+    def _leader_api(self) -> str | None:
+        # A read-only replica may not know the leader from pysyncobj; the replicated
+        # state records who the last leader announced itself as.
+        leader = self.raft.leader or getattr(self.state, "leader", None)
+        if not leader:
+            return None
+        for _name, state in self.gossip.states().items():
+            if _json(state.get("raft")) == leader:
+                api = _json(state.get("api"))
+                return str(api) if api else None
+        return None
+
+    async def propose(self, command: cstate.Command) -> dict[str, Any]:
+        """Commit ``command`` through Raft (this agent must lead) and return its result."""
+        from agent.consensus.raft import NotLeaderError as RaftNotLeader
+
+        try:
+            result: dict[str, Any] = await self.raft.propose(command, timeout=PROPOSE_TIMEOUT)
+        except RaftNotLeader as exc:
+            raise NotLeaderError(str(exc), self._leader_api()) from exc
+        if not result.get("ok", True):
+            code = result.get("error")
+            message = result.get("message") or str(code)
+            if code == "not_found":
+                raise NotFoundError(message)
+            if code == "conflict":
+                raise ConflictError(message)
+            if code == "invalid":
+                raise ConfigError(message)
+            raise ConsensusError(message)
+        return result
+
+    async def _require_leader(self) -> None:
+        """Return if this agent leads; raise ``NotLeaderError`` with the leader's API (the
+        API forwards the write there), waiting a few seconds for an election first."""
+        with trio.move_on_after(LEADER_WAIT):
+            while True:
+                if self.raft.is_leader:
+                    return
+                leader_api = self._leader_api()
+                if leader_api is not None:
+                    raise NotLeaderError("this agent is not the leader", leader_api)
+                await trio.sleep(0.1)
+        raise NotLeaderError("this agent is not the leader and no leader is known", None)
+
+    # -- events ------------------------------------------------------------------------
+    async def _pump_raft_events(self) -> None:
+        async for _event in self.raft.subscribe():
+            assert self.reconciler is not None and self.leader_loop is not None
+            self.reconciler.poke()
+            self.leader_loop.poke()
+
+    async def _pump_gossip_events(self) -> None:
+        async for event in self.gossip.subscribe():
+            assert self.leader_loop is not None
+            if getattr(event, "key", None) is not None and str(event.key).startswith(
+                REPLICA_PREFIX
+            ):
+                continue
+            self.leader_loop.poke()
+
+    # -- node state ------------------------------------------------------------------
+    def _publish_static(self) -> None:
+        g = self.gossip
+        g.set("api", encode(self.api_address))
+        g.set("raft", encode(self.raft_address))
+        g.set("capacity", encode(self.capacity))
+        g.set("labels", encode(dict(self.config.labels)))
+        g.set("zone", encode(self.config.zone or self.config.labels.get("zone", "")))
+        g.set("driver", encode(self.driver_reason))
+        g.set("version", encode(__version__))
+        self._publish_dynamic()
+
+    def _publish_dynamic(self) -> None:
+        allocated = {"cpu_millicores": 0, "memory_bytes": 0, "pids": 0}
+        for want in self._desired_replicas().values():
+            res = want.spec.resources
+            allocated["cpu_millicores"] += res.cpu_millicores
+            allocated["memory_bytes"] += res.memory_bytes
+            allocated["pids"] += res.pids or 0
+        allocatable = {k: max(0, self.capacity[k] - allocated[k]) for k in self.capacity}
+        self._set_if_changed("allocatable", encode(allocatable))
+        self._set_if_changed("load", encode(host_load()))
+        credit = 0
+        with contextlib.suppress(AttributeError):
+            credit = int(self.state.credits().get(self.name, 0))
+        self._set_if_changed("credit", encode(credit))
+
+    def _set_if_changed(self, key: str, value: str) -> None:
+        if self._published.get(key) != value:
+            self._published[key] = value
+            self.gossip.set(key, value)
+
+    def _publish_replicas(self, reports: dict[str, ReplicaReport]) -> None:
+        current = {
+            f"{REPLICA_PREFIX}{rid}": replica_value(r.to_dict()) for rid, r in reports.items()
+        }
+        for key in [k for k in self._published if k.startswith(REPLICA_PREFIX)]:
+            if key not in current:
+                del self._published[key]
+                self.gossip.delete(key)
+        for key, value in current.items():
+            self._set_if_changed(key, value)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await trio.sleep(PUBLISH_INTERVAL)
+            self._publish_dynamic()
+
+    # -- views -------------------------------------------------------------------------
+    def _spec(self, name: str, version: int, spec_dict: Mapping[str, Any]) -> WorkloadSpec:
+        key = (name, version)
+        spec = self._spec_cache.get(key)
+        if spec is None:
+            spec = WorkloadSpec.from_dict(dict(spec_dict))
+            if len(self._spec_cache) > 1000:
+                self._spec_cache.clear()
+            self._spec_cache[key] = spec
+        return spec
+
+    def _workload_views(self) -> list[WorkloadView]:
+        views = []
+        for record in self.state.workloads():
+            try:
+                spec = self._spec(record.name, record.version, record.spec)
+            except ConfigError as exc:
+                log.error(
+                    "bad spec in the replicated state",
+                    extra={"workload": record.name, "error": str(exc)},
+                )
+                continue
+            views.append(WorkloadView(record.name, spec, record.version))
+        return views
+
+    def _read_desired(self) -> tuple[list[WorkloadView], list[PlacementView]]:
+        placements = [
+            PlacementView(p.replica_id, p.workload, p.node, p.spec_version)
+            for p in self.state.placements()
+        ]
+        return self._workload_views(), placements
+
+    def _desired_replicas(self) -> dict[str, DesiredReplica]:
+        if self.raft is None:
+            return {}
+        workloads = {w.name: w for w in self._workload_views()}
+        result = {}
+        for p in self.state.placements_for(self.name):
+            workload = workloads.get(p.workload)
+            if workload is None:
+                continue
+            result[p.replica_id] = DesiredReplica(p.replica_id, workload.spec, workload.version)
+        return result
+
+    def node_views(self) -> dict[str, NodeView]:
+        states = self.gossip.states()
+        views: dict[str, NodeView] = {}
+        for member in self.gossip.members():
+            host, port = member.address
+            view = node_from_state(
+                member.name,
+                member.state,
+                states.get(member.name, {}),
+                address=f"{host}:{port}",
+                since=member.since,
+            )
+            views[member.name] = view
+        for admin in self.state.node_admins():
+            admin_view = views.get(admin.node)
+            if admin_view is None:
+                admin_view = views[admin.node] = NodeView(name=admin.node, liveness="unknown")
+            admin_view.eligible = admin.eligible
+            admin_view.draining = admin.draining
+        for p in self.state.placements():
+            if p.node not in views:
+                views[p.node] = NodeView(name=p.node, liveness="unknown")
+        return views
+
+    def _make_leader_loop(self) -> LeaderLoop:
+        async def commit_placements(term: int, batch: list[tuple[str, str, int]]) -> Any:
+            entries = tuple(
+                cstate.PlacementEntry(rid, node, version) for rid, node, version in batch
+            )
+            return await self._propose_quietly(cstate.SetPlacements(term=term, placements=entries))
+
+        async def remove_placements(term: int, rids: list[str]) -> Any:
+            return await self._propose_quietly(
+                cstate.RemovePlacements(term=term, replica_ids=tuple(rids))
+            )
+
+        async def commit_credits(term: int, snapshot: scheduler.Snapshot) -> Any:
+            balances = scheduler.epoch(snapshot)
+            if not balances:
+                return None
+            epoch = int(getattr(self.state, "credit_epoch", 0)) + 1
+            return await self._propose_quietly(
+                cstate.SetCredits(term=term, epoch=epoch, balances=balances)
+            )
+
+        return LeaderLoop(
+            is_leader=lambda: bool(self.raft.is_leader),
+            term=lambda: int(self.raft.term),
+            read=self._read_desired,
+            nodes=self.node_views,
+            commit_placements=commit_placements,
+            remove_placements=remove_placements,
+            commit_credits=commit_credits,
+        )
+
+    async def _propose_quietly(self, command: cstate.Command) -> dict[str, Any] | None:
+        """The leader's own writes: a lost leadership or a timeout is retried next step."""
+        try:
+            return await self.propose(command)
+        except (ConsensusError, ConflictError, NotFoundError) as exc:
+            log.info("leader write not committed", extra={"op": command.op, "error": str(exc)})
+            return None
+
+    # -- Backend: reads ----------------------------------------------------------------
+    def _workload_dict(self, record: Any, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        running = sum(
+            1
+            for i in range(record.replicas)
+            if reports.get(f"{record.name}-{i}", {}).get("state") == "running"
+        )
+        return {
+            "name": record.name,
+            "version": record.version,
+            "replicas": record.replicas,
+            "running": running,
+            "tenant": record.tenant,
+            "spec": record.spec,
+        }
+
+    def _reports(self) -> dict[str, dict[str, Any]]:
+        """Replica reports from the node each replica is placed on."""
+        views = self.node_views()
+        reports = {}
+        for p in self.state.placements():
+            view = views.get(p.node)
+            if view is not None and p.replica_id in view.replicas:
+                reports[p.replica_id] = view.replicas[p.replica_id]
+        return reports
+
+    async def list_workloads(self) -> list[dict[str, Any]]:
+        reports = self._reports()
+        return [
+            self._workload_dict(r, reports)
+            for r in sorted(self.state.workloads(), key=lambda r: r.name)
+        ]
+
+    async def get_workload(self, name: str) -> dict[str, Any]:
+        record = self.state.workload(name)
+        if record is None:
+            raise NotFoundError(f"no workload named {name!r} (see `hypha ps`)")
+        data = self._workload_dict(record, self._reports())
+        data["replica_states"] = await self.list_replicas(name)
+        return data
+
+    async def list_replicas(self, workload: str | None) -> list[dict[str, Any]]:
+        views = self.node_views()
+        placements = {p.replica_id: p for p in self.state.placements()}
+        pending = self.leader_loop.pending if self.leader_loop is not None else {}
+        rows = []
+        for record in sorted(self.state.workloads(), key=lambda r: r.name):
+            if workload is not None and record.name != workload:
+                continue
+            for index in range(record.replicas):
+                rid = f"{record.name}-{index}"
+                p = placements.get(rid)
+                row: dict[str, Any] = {
+                    "replica_id": rid,
+                    "workload": record.name,
+                    "index": index,
+                    "node": p.node if p else None,
+                    "state": "pending",
+                    "version": p.spec_version if p else None,
+                    "exit_code": None,
+                    "restarts": 0,
+                    "health": None,
+                    "error": pending.get(rid),
+                    "started_at": None,
+                }
+                if p is not None:
+                    view = views.get(p.node)
+                    report = view.replicas.get(rid) if view else None
+                    if report is not None:
+                        row.update({k: v for k, v in report.items() if k != "replica_id"})
+                        row["workload"] = record.name
+                    else:
+                        row["state"] = "assigned"
+                    if view is not None and view.liveness in ("dead", "left", "unknown"):
+                        row["state"] = "lost"
+                rows.append(row)
+        return rows
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        counts: dict[str, int] = {}
+        for p in self.state.placements():
+            counts[p.node] = counts.get(p.node, 0) + 1
+        rows = []
+        for view in sorted(self.node_views().values(), key=lambda v: v.name):
+            data = view.to_dict()
+            data["placed"] = counts.get(view.name, 0)
+            data["leader"] = view.raft is not None and view.raft == self.raft.leader
+            rows.append(data)
+        return rows
+
+    async def get_node(self, name: str) -> dict[str, Any]:
+        for node in await self.list_nodes():
+            if node["name"] == name:
+                return node
+        raise NotFoundError(f"no node named {name!r} (see `hypha members`)")
+
+    async def plan_workload(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A dry run: where the replicas of ``spec`` would go now, and why."""
+        parsed = WorkloadSpec.from_dict(spec)
+        workloads, placements = self._read_desired()
+        others = [w for w in workloads if w.name != parsed.name]
+        kept = [p for p in placements if p.workload != parsed.name]
+        _, snapshot = plan(others, kept, self.node_views(), seed=1, unknown_is_lost=False)
+        requests = [request_for(rid, parsed) for rid in parsed.replica_ids()]
+        seed = int(self.raft.term) or 1
+        decisions = scheduler.place(snapshot, requests, seed) if requests else []
+        rows = [
+            {"replica_id": d.replica_id, "node": d.node_id, "reason": d.reason, "rule": d.rule}
+            for d in decisions
+        ]
+        result: dict[str, Any] = {
+            "name": parsed.name,
+            "replicas": rows,
+            "placed": sum(1 for d in decisions if d.node_id is not None),
+            "exists": self.state.workload(parsed.name) is not None,
+        }
+        if requests:
+            explanation = scheduler.explain(snapshot, requests[0], seed)
+            result["explanation"] = explanation.to_dict()
+            result["text"] = str(explanation)
+        return result
+
+    async def members(self) -> list[dict[str, Any]]:
+        states = self.gossip.states()
+        rows = []
+        for m in sorted(self.gossip.members(), key=lambda m: m.name):
+            host, port = m.address
+            rows.append(
+                {
+                    "name": m.name,
+                    "address": f"{host}:{port}",
+                    "state": m.state,
+                    "incarnation": m.incarnation,
+                    "generation": m.generation,
+                    "since": m.since,
+                    "api": _json(states.get(m.name, {}).get("api")),
+                }
+            )
+        return rows
+
+    async def status(self) -> dict[str, Any]:
+        raft_status = dict(self.raft.status())
+        leader_name = None
+        for name, state in self.gossip.states().items():
+            if _json(state.get("raft")) == self.raft.leader:
+                leader_name = name
+        raft_status.update(
+            {
+                "node": self.name,
+                "leader_node": leader_name,
+                "api": self.api_address,
+                "driver": self.driver_reason,
+                "version": __version__,
+                "workloads": len(self.state.workloads()),
+                "placements": len(self.state.placements()),
+                "members_alive": sum(1 for m in self.gossip.members() if m.state == "alive"),
+            }
+        )
+        if self.leader_loop is not None and self.leader_loop.paused:
+            raft_status["rescheduling_paused"] = self.leader_loop.paused
+        return raft_status
+
+    # -- Backend: writes ---------------------------------------------------------------
+    async def put_workload(
+        self, spec: dict[str, Any], *, create: bool, expected_version: int | None
+    ) -> dict[str, Any]:
+        parsed = WorkloadSpec.from_dict(spec)
+        await self._require_leader()
+        if create:
+            existing = self.state.workload(parsed.name)
+            if existing is not None:
+                raise ConflictError(
+                    f"workload {parsed.name!r} already exists (version {existing.version}); "
+                    f"change it with `hypha scale` or remove it with `hypha rm {parsed.name}`"
+                )
+            expected: int | None = 0
+        else:
+            if self.state.workload(parsed.name) is None:
+                raise NotFoundError(f"no workload named {parsed.name!r} to update")
+            expected = expected_version
+        result = await self.propose(
+            cstate.PutWorkload(spec=parsed.to_dict(), expected_version=expected)
+        )
+        assert self.leader_loop is not None
+        self.leader_loop.poke()
+        return {
+            "name": parsed.name,
+            "version": result.get("version"),
+            "changed": result.get("changed", True),
+        }
+
+    async def scale_workload(self, name: str, replicas: int) -> dict[str, Any]:
+        await self._require_leader()
+        if self.state.workload(name) is None:
+            raise NotFoundError(f"no workload named {name!r} (see `hypha ps`)")
+        result = await self.propose(cstate.ScaleWorkload(name=name, replicas=replicas))
+        assert self.leader_loop is not None
+        self.leader_loop.poke()
+        return {"name": name, "replicas": replicas, "version": result.get("version")}
+
+    async def delete_workload(self, name: str) -> dict[str, Any]:
+        await self._require_leader()
+        if self.state.workload(name) is None:
+            raise NotFoundError(f"no workload named {name!r} (see `hypha ps`)")
+        result = await self.propose(cstate.DeleteWorkload(name=name))
+        return {
+            "name": name,
+            "deleted": True,
+            "removed_placements": result.get("removed_placements", 0),
+        }
+
+    async def set_node_admin(
+        self, name: str, *, draining: bool | None, eligible: bool | None
+    ) -> dict[str, Any]:
+        if name not in self.node_views():
+            raise NotFoundError(f"no node named {name!r} (see `hypha members`)")
+        await self._require_leader()
+        await self.propose(cstate.SetNodeAdmin(node=name, eligible=eligible, draining=draining))
+        assert self.leader_loop is not None
+        self.leader_loop.poke()
+        admin = self.state.node_admin(name)
+        return {"name": name, "eligible": admin.eligible, "draining": admin.draining}
+
+    # -- Backend: logs -----------------------------------------------------------------
+    async def logs(self, replica: str, *, tail: int | None, follow: bool) -> AsyncIterator[bytes]:
+        split_replica_id(replica)
+        placement = self.state.placement(replica)
+        if placement is None:
+            raise NotFoundError(f"no replica named {replica!r} is placed (see `hypha ps`)")
+        if placement.node == self.name:
+            try:
+                async for chunk in self.driver.logs(replica, tail=tail, follow=follow):
+                    yield chunk
+            except runtime.ContainerNotFoundError:
+                raise NotFoundError(
+                    f"replica {replica!r} has no container on {self.name} yet"
+                ) from None
+            return
+        view = self.node_views().get(placement.node)
+        if view is None or not view.api:
+            raise NotFoundError(f"node {placement.node!r} of replica {replica!r} is not reachable")
+        query = {"tail": tail, "follow": "1" if follow else None, "raw": "1"}
+        async for chunk in self.peer.stream(view.api, f"/v1/logs/{replica}", query):
+            yield chunk
+
+
+def _json(text: Any) -> Any:
+    import json
+
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+async def run_agent(config: AgentConfig, *, api_token: str | None = None) -> None:
+    secret = load_secret(config.secret_path)
+    await Agent(config, secret=secret, api_token=api_token).run()
+
+
+__all__ = ["Agent", "cluster_token", "container_prefix", "run_agent"]

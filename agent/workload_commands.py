@@ -1,0 +1,413 @@
+"""Workload and node commands: ``run``, ``ps``, ``inspect``, ``scale``, ``rm``, ``logs``,
+``drain``, ``eligible``, ``nodes``. Each is a thin client of the local agent's API."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent.cli import CliState, cli, emit_json, json_option, print_table
+from agent.client import path_of
+from agent.errors import ConfigError, HyphaError
+from agent.spec import Constraint, RestartPolicy, WorkloadSpec, parse_cpu, parse_env_flags
+
+
+def _ago(stamp: float | None) -> str:
+    if not stamp:
+        return "-"
+    seconds = max(0, int(time.time() - stamp))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def _size(value: int | None) -> str:
+    if not value:
+        return "-"
+    for unit, size in (("Gi", 1024**3), ("Mi", 1024**2), ("Ki", 1024)):
+        if value >= size:
+            return f"{value / size:.0f}{unit}" if value % size == 0 else f"{value / size:.1f}{unit}"
+    return str(value)
+
+
+def spec_from_flags(
+    name: str | None,
+    file: Path | None,
+    image: str | None,
+    replicas: int | None,
+    cpu: str | None,
+    memory: str | None,
+    env: tuple[str, ...],
+    restart: str | None,
+    constraints: tuple[str, ...],
+    command: tuple[str, ...],
+) -> WorkloadSpec:
+    """Build a spec from ``-f FILE`` and/or flags (flags override the file)."""
+    data: dict[str, Any] = {}
+    if file is not None:
+        data = WorkloadSpec.load(file).to_dict()
+    elif name is None:
+        raise ConfigError("give a workload NAME (and a command after --), or -f FILE")
+    if name is not None:
+        data["name"] = name
+    if image is not None:
+        data["image"] = (
+            str(Path(image).expanduser().resolve()) if not image.startswith("/") else image
+        )
+    if replicas is not None:
+        data["replicas"] = replicas
+    if cpu is not None or memory is not None:
+        resources = dict(data.get("resources", {}))
+        if cpu is not None:
+            resources.pop("cpu_millicores", None)
+            resources["cpu_millicores"] = parse_cpu(cpu, key="--cpu")
+        if memory is not None:
+            resources.pop("memory_bytes", None)
+            resources["memory"] = memory
+        data["resources"] = resources
+    if env:
+        data["env"] = {**data.get("env", {}), **parse_env_flags(env)}
+    if restart is not None:
+        data["restart"] = RestartPolicy.parse(restart).to_dict()
+    if constraints:
+        data["constraints"] = [
+            *data.get("constraints", []),
+            *(Constraint.parse(c).to_dict() for c in constraints),
+        ]
+    if command:
+        data["command"] = list(command)
+    return WorkloadSpec.from_dict(data)
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("name", required=False)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option(
+    "-f",
+    "--file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A workload spec file (TOML or JSON); flags override its fields.",
+)
+@click.option(
+    "--image",
+    metavar="ROOTFS_OR_LAYOUT",
+    help="Root filesystem dir or OCI image layout (same path on every node); "
+    "leave out with the process driver to run on the host.",
+)
+@click.option("--replicas", "-n", type=click.IntRange(0, 10000), help="How many copies [1].")
+@click.option("--cpu", metavar="CORES", help="CPU per replica: 0.5, 2 or 250m [100m].")
+@click.option("--memory", metavar="SIZE", help="Memory per replica: 64Mi, 1Gi [64Mi].")
+@click.option("--env", "-e", multiple=True, metavar="KEY=VALUE", help="Environment (repeatable).")
+@click.option("--restart", metavar="POLICY", help="always | on-failure[:N] | never [always].")
+@click.option(
+    "--constraint",
+    "constraints",
+    multiple=True,
+    metavar="RULE",
+    help="Node label rule: zone==a, disk!=hdd, 'zone in a,b', gpu, !gpu.",
+)
+@click.option("--wait/--no-wait", default=False, help="Wait until every replica runs.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds --wait waits before giving up (exit 1).",
+)
+@click.option("--dry-run", is_flag=True, help="Only show where the replicas would go, and why.")
+@json_option
+@click.pass_obj
+def run(
+    state: CliState,
+    name: str | None,
+    command: tuple[str, ...],
+    file: Path | None,
+    image: str | None,
+    replicas: int | None,
+    cpu: str | None,
+    memory: str | None,
+    env: tuple[str, ...],
+    restart: str | None,
+    constraints: tuple[str, ...],
+    wait: bool,
+    timeout: float,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Run a workload: `hypha run web --replicas 3 -- httpd -f -p 8080`, or `-f web.toml`."""
+    if file is not None and name is not None and not command and Path(name).suffix:
+        raise ConfigError("give either -f FILE or NAME, not a file name as NAME")
+    spec = spec_from_flags(
+        name, file, image, replicas, cpu, memory, env, restart, constraints, command
+    )
+    client = state.client()
+    if dry_run:
+        planned = client.post("/v1/plan", {"spec": spec.to_dict()})
+        if as_json:
+            emit_json(planned)
+            return
+        rows = [
+            (r["replica_id"], r.get("node") or "-", r.get("reason") or "")
+            for r in planned["replicas"]
+        ]
+        print_table(["REPLICA", "NODE", "WHY NOT"], rows)
+        if planned.get("text"):
+            click.echo("")
+            click.echo(planned["text"])
+        return
+    result = client.post("/v1/workloads", {"spec": spec.to_dict()})
+    if not wait:
+        if as_json:
+            emit_json(result)
+        else:
+            click.echo(
+                f"workload {spec.name} created (version {result.get('version')}, "
+                f"{spec.replicas} replicas)"
+            )
+        return
+    ok = wait_for_replicas(state, spec.name, spec.replicas, timeout, quiet=as_json)
+    if as_json:
+        emit_json({**result, "running": ok})
+    if not ok:
+        raise HyphaError(
+            f"not every replica of {spec.name} was running after {timeout:.0f}s "
+            f"(see `hypha inspect {spec.name}`)"
+        )
+
+
+def wait_for_replicas(
+    state: CliState, name: str, replicas: int, timeout: float, *, quiet: bool = False
+) -> bool:
+    """Poll until ``replicas`` replicas run; print a progress line. True if they all did."""
+    client = state.client()
+    deadline = time.monotonic() + timeout
+    tty = sys.stderr.isatty()
+    last = ""
+    while True:
+        rows = client.get(path_of("v1", "workloads", name, "replicas"))["replicas"]
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        running = counts.get("running", 0)
+        detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s != "running")
+        line = f"{name}: {running}/{replicas} running" + (f" ({detail})" if detail else "")
+        if not quiet and line != last:
+            if tty:
+                click.echo("\r\033[K" + line, nl=False, err=True)
+            else:
+                click.echo(line, err=True)
+            last = line
+        if running >= replicas and len(rows) == replicas:
+            if tty and not quiet:
+                click.echo("", err=True)
+            return True
+        if time.monotonic() >= deadline:
+            if tty and not quiet:
+                click.echo("", err=True)
+            return False
+        time.sleep(0.25)
+
+
+@cli.command()
+@click.argument("workload", required=False)
+@click.option("--all", "-a", "show_all", is_flag=True, help="(kept for habit; ps shows all).")
+@json_option
+@click.pass_obj
+def ps(state: CliState, workload: str | None, show_all: bool, as_json: bool) -> None:
+    """List replicas: where each runs, its state, restarts and exit code."""
+    query = {"workload": workload} if workload else {}
+    data = state.client().get("/v1/replicas", **query)
+    if as_json:
+        emit_json(data)
+        return
+    rows = []
+    for r in data["replicas"]:
+        state_text = r["state"]
+        if r.get("exit_code") is not None and state_text != "running":
+            state_text += f" ({r['exit_code']})"
+        rows.append(
+            (
+                r["replica_id"],
+                r["workload"],
+                r.get("node") or "-",
+                state_text,
+                r.get("health") or "-",
+                r.get("restarts", 0),
+                _ago(r.get("started_at")) if r["state"] == "running" else "-",
+                (r.get("error") or "")[:60],
+            )
+        )
+    print_table(["REPLICA", "WORKLOAD", "NODE", "STATE", "HEALTH", "RESTARTS", "UP", "NOTE"], rows)
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@click.pass_obj
+def inspect(state: CliState, name: str, as_json: bool) -> None:
+    """Show a workload: its spec, version and every replica."""
+    data = state.client().get(path_of("v1", "workloads", name))
+    if as_json:
+        emit_json(data)
+        return
+    spec = data["spec"]
+    res = spec.get("resources", {})
+    restart = spec.get("restart", {})
+    click.echo(f"name:        {data['name']}")
+    click.echo(f"version:     {data['version']}")
+    click.echo(f"replicas:    {data['running']}/{data['replicas']} running")
+    click.echo(f"tenant:      {data.get('tenant')}")
+    click.echo(f"image:       {spec.get('image') or '(host, process driver)'}")
+    click.echo(f"command:     {' '.join(spec.get('command', []))}")
+    click.echo(
+        f"resources:   cpu {res.get('cpu_millicores')}m, memory "
+        f"{_size(res.get('memory_bytes'))}, pids {res.get('pids') or '-'}"
+    )
+    attempts = restart.get("max_attempts")
+    click.echo(
+        f"restart:     {restart.get('policy')}"
+        + (f" (at most {attempts} attempts)" if attempts is not None else "")
+    )
+    if spec.get("env"):
+        click.echo("env:         " + " ".join(f"{k}={v}" for k, v in sorted(spec["env"].items())))
+    if spec.get("constraints"):
+        click.echo(
+            "constraints: "
+            + ", ".join(
+                f"{c['label']} {c['op']} {','.join(c['values'])}" for c in spec["constraints"]
+            )
+        )
+    click.echo("")
+    rows = [
+        (
+            r["replica_id"],
+            r.get("node") or "-",
+            r["state"],
+            r.get("exit_code") if r.get("exit_code") is not None else "-",
+            r.get("restarts", 0),
+            (r.get("error") or "")[:70],
+        )
+        for r in data.get("replica_states", [])
+    ]
+    print_table(["REPLICA", "NODE", "STATE", "EXIT", "RESTARTS", "NOTE"], rows)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("replicas", type=click.IntRange(0, 10000))
+@click.option("--wait/--no-wait", default=False, help="Wait until that many replicas run.")
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@json_option
+@click.pass_obj
+def scale(
+    state: CliState, name: str, replicas: int, wait: bool, timeout: float, as_json: bool
+) -> None:
+    """Change how many replicas of a workload run."""
+    result = state.client().post(path_of("v1", "workloads", name, "scale"), {"replicas": replicas})
+    if wait and not wait_for_replicas(state, name, replicas, timeout, quiet=as_json):
+        raise HyphaError(f"{name} did not reach {replicas} running replicas in {timeout:.0f}s")
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"workload {name} scaled to {replicas} (version {result.get('version')})")
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True)
+@json_option
+@click.pass_obj
+def rm(state: CliState, names: tuple[str, ...], as_json: bool) -> None:
+    """Remove workloads; their containers are stopped everywhere."""
+    client = state.client()
+    results = [client.delete(path_of("v1", "workloads", name)) for name in names]
+    if as_json:
+        emit_json(results)
+    else:
+        for name in names:
+            click.echo(f"workload {name} removed")
+
+
+@cli.command()
+@click.argument("replica")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output.")
+@click.option("--tail", "-n", type=click.IntRange(0), default=None, help="Only the last N lines.")
+@click.pass_obj
+def logs(state: CliState, replica: str, follow: bool, tail: int | None) -> None:
+    """Print a replica's output (stdout and stderr), from whichever node runs it."""
+    query = {"tail": tail, "follow": "1" if follow else None}
+    for item in state.client().stream(path_of("v1", "logs", replica), query=query):
+        if "error" in item:
+            raise HyphaError(str(item["error"]))
+        click.echo(item.get("line", ""))
+
+
+def _node_admin(
+    state: CliState, node: str, route: str, body: dict[str, Any], as_json: bool
+) -> None:
+    result = state.client().post(path_of("v1", "nodes", node, route), body)
+    if as_json:
+        emit_json(result)
+        return
+    flags = []
+    flags.append("draining" if result.get("draining") else "not draining")
+    flags.append("eligible" if result.get("eligible") else "ineligible")
+    click.echo(f"node {node}: {', '.join(flags)}")
+
+
+@cli.command()
+@click.argument("node")
+@click.option("--undo", is_flag=True, help="Stop draining (the node takes work again).")
+@json_option
+@click.pass_obj
+def drain(state: CliState, node: str, undo: bool, as_json: bool) -> None:
+    """Move every replica off NODE and give it no new work."""
+    _node_admin(state, node, "drain", {"draining": not undo}, as_json)
+
+
+@cli.command()
+@click.argument("node")
+@click.option("--off", is_flag=True, help="Make the node ineligible for new work.")
+@json_option
+@click.pass_obj
+def eligible(state: CliState, node: str, off: bool, as_json: bool) -> None:
+    """Let NODE take new work again (or not, with --off); its replicas stay."""
+    _node_admin(state, node, "eligibility", {"eligible": not off}, as_json)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def nodes(state: CliState, as_json: bool) -> None:
+    """Show nodes: liveness, admin state, capacity and how many replicas each holds."""
+    data = state.client().get("/v1/nodes")
+    if as_json:
+        emit_json(data)
+        return
+    rows = []
+    for n in data["nodes"]:
+        cap = n.get("capacity") or {}
+        admin = (
+            "draining" if n.get("draining") else ("eligible" if n.get("eligible") else "ineligible")
+        )
+        rows.append(
+            (
+                n["name"] + (" *" if n.get("leader") else ""),
+                n.get("state"),
+                admin,
+                n.get("placed", 0),
+                f"{(cap.get('cpu_millicores') or 0) / 1000:g}",
+                _size(cap.get("memory_bytes")),
+                n.get("credit", 0),
+                json.dumps(n.get("labels") or {}, sort_keys=True) if n.get("labels") else "-",
+            )
+        )
+    print_table(["NODE", "STATE", "ADMIN", "REPLICAS", "CPUS", "MEMORY", "CREDIT", "LABELS"], rows)

@@ -1,0 +1,372 @@
+"""What the process and oci drivers share: one shim per container, state on disk.
+
+Each container has a directory ``<state_dir>/<driver>/containers/<id>/``::
+
+    spec.json      the ContainerSpec, written first (a directory without it is debris)
+    shim.json      the shim's pid and start time (to tell it from a reused pid)
+    started.json   written by the shim: the main pid, when it started
+    exit.json      written by the shim: exit_code, oom_killed, finished_at
+    cleaned        written by the shim after its cleanup (oci: runc delete, unmount)
+    container.log  stdout + stderr, rotated to container.log.1, .2, ...
+    shim.log       the shim's own complaints, if any
+
+The agent waits for the shim through a pidfd; after an agent restart ``adopt``
+rebuilds the same records from these files, so no exit code is lost.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from runtime._monitor import (
+    PidWatch,
+    ShimPool,
+    open_pidfd,
+    read_json,
+    read_logs,
+    send_signal,
+    set_child_subreaper,
+    try_reap,
+)
+from runtime.driver import check_prefix, check_state_dir
+from runtime.errors import (
+    ContainerExistsError,
+    ContainerNotFoundError,
+    DriverError,
+    RuntimeFailedError,
+    StartError,
+)
+from runtime.spec import ContainerSpec, ContainerState, ContainerStatus, check_id
+
+DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_LOG_BACKUPS = 2
+KILL_TIMEOUT = 30.0  # after SIGKILL, how long a container may take to be gone
+
+
+@dataclass(eq=False)
+class Record:
+    """What the driver knows about one container."""
+
+    spec: ContainerSpec
+    dir: Path
+    shim: PidWatch
+    main_pid: int | None = None
+    main_pidfd: int | None = None
+    started_at: float | None = None
+    exit: dict[str, Any] | None = None
+    lost_code: int | None = None  # exit status reaped by the agent when the shim died
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.shim.close()
+        if self.main_pidfd is not None:
+            os.close(self.main_pidfd)
+            self.main_pidfd = None
+
+
+class ShimDriver:
+    """Base of the process and oci drivers; subclasses say how to run and clean up."""
+
+    kind = "shim"
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        prefix: str,
+        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+        log_backups: int = DEFAULT_LOG_BACKUPS,
+    ) -> None:
+        self.prefix = check_prefix(prefix)
+        self.state_dir = check_state_dir(state_dir)
+        if log_max_bytes < 1024:
+            raise DriverError(f"log_max_bytes must be at least 1024, not {log_max_bytes}")
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = max(0, log_backups)
+        self.root = self.state_dir / self.kind
+        self.containers_dir = self.root / "containers"
+        self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        set_child_subreaper()
+        self._pool = ShimPool(self.root / "spare.pid")
+        self._records: dict[str, Record] = {}
+        self._closed = False
+
+    # -- to override ---------------------------------------------------------------
+
+    def check_spec(self, spec: ContainerSpec) -> None:
+        """Refuse what this driver cannot run (``SpecError`` naming the field)."""
+
+    async def prepare(self, spec: ContainerSpec, directory: Path) -> dict[str, Any]:
+        """Make what the container needs on disk and return the shim's job."""
+        raise NotImplementedError
+
+    async def after_start(self, record: Record, event: dict[str, Any]) -> None:
+        """Called once the shim reported; the oci driver runs ``runtime start`` here."""
+
+    async def start_failed(self, record: Record, event: dict[str, Any]) -> str:
+        """The one-line reason a start failed."""
+        return str(event.get("message") or "the container could not be started")
+
+    def signal(self, record: Record, sig: int) -> bool:
+        """Deliver ``sig`` to the container; False if it is gone."""
+        return send_signal(record.main_pidfd, sig)
+
+    async def cleanup(self, record: Record) -> None:
+        """Release what the shim could not (runtime state, mounts) before files go."""
+
+    def is_created(self, record: Record) -> bool:
+        return False
+
+    # -- Driver ----------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    async def start(self, spec: ContainerSpec) -> ContainerStatus:
+        self._check_open()
+        self.check_spec(spec)
+        directory = self.containers_dir / check_id(spec.id)
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            raise ContainerExistsError(spec.id) from None
+        record: Record | None = None
+        try:
+            job = await self.prepare(spec, directory)
+            job.update(
+                dir=str(directory),
+                log_path=str(directory / "container.log"),
+                log_max_bytes=self.log_max_bytes,
+                log_backups=self.log_backups,
+            )
+            shim = self._pool.take()
+            record = Record(spec=spec, dir=directory, shim=PidWatch(shim.pid, shim.pidfd))
+            self._records[spec.id] = record
+            (directory / "shim.json").write_text(
+                json.dumps({"pid": shim.pid, "start_time": shim.start_time})
+            )
+            # spec.json last: a directory with it is a container to adopt.
+            (directory / "spec.json").write_text(json.dumps(spec.to_dict()))
+            try:
+                event = await shim.run(job)
+                if event.get("event") == "error":
+                    shim.release()
+                    with trio.move_on_after(KILL_TIMEOUT):
+                        await record.shim.wait()
+                    raise StartError(f"{spec.id}: {await self.start_failed(record, event)}")
+                record.main_pid = int(event["pid"])
+                record.main_pidfd = open_pidfd(record.main_pid)
+                record.started_at = float(event["started_at"])
+                await self.after_start(record, event)
+            finally:
+                shim.release()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._discard(spec.id, directory, record)
+            raise
+        finally:
+            self._pool.refill()
+        return ContainerStatus(
+            id=spec.id,
+            state="running",
+            pid=record.main_pid,
+            started_at=record.started_at,
+            labels=spec.labels,
+        )
+
+    async def wait(self, container_id: str) -> int:
+        record = self._get(container_id)
+        await record.shim.wait()
+        code = self._exit_code(record)
+        if code is None:
+            await self._recover_lost_exit(record)
+            code = self._exit_code(record)
+        if code is None:
+            raise RuntimeFailedError(f"{container_id}: its monitor died and the exit code is lost")
+        return code
+
+    async def stop(self, container_id: str, grace: float) -> int | None:
+        record = self._records.get(container_id)
+        if record is None:
+            await trio.lowlevel.checkpoint()
+            return None
+        if not record.shim.poll():
+            self.signal(record, signal.SIGTERM)
+            with trio.move_on_after(max(0.0, grace)):
+                await record.shim.wait()
+            if not record.shim.poll():
+                self.signal(record, signal.SIGKILL)
+                with trio.move_on_after(KILL_TIMEOUT):
+                    await record.shim.wait()
+                if not record.shim.done:
+                    raise RuntimeFailedError(
+                        f"{container_id}: still running {KILL_TIMEOUT:.0f}s after SIGKILL"
+                    )
+        try:
+            return await self.wait(container_id)
+        except RuntimeFailedError:
+            return None
+
+    async def remove(self, container_id: str) -> None:
+        record = self._get(container_id)
+        if not record.shim.poll():
+            await self.stop(container_id, 0)
+        await self._discard(container_id, record.dir, record)
+
+    async def list(self) -> list[ContainerStatus]:
+        await trio.lowlevel.checkpoint()
+        return [self._status(self._records[key]) for key in sorted(self._records)]
+
+    async def logs(
+        self, container_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[bytes]:
+        record = self._get(container_id)
+        async for chunk in read_logs(
+            record.dir / "container.log", tail=tail, follow=follow, finished=record.shim.poll
+        ):
+            yield chunk
+
+    async def adopt(self) -> builtins.list[ContainerStatus]:
+        """Find every container a previous agent with this state_dir left behind."""
+        self._check_open()
+        self._pool.reap_stale_spare()
+        for directory in sorted(self.containers_dir.iterdir()):
+            if directory.name in self._records or not directory.is_dir():
+                continue
+            spec_data = read_json(directory / "spec.json")
+            if spec_data is None:  # debris of a start interrupted before it began
+                await self._discard(directory.name, directory, None)
+                continue
+            try:
+                spec = ContainerSpec.from_dict(spec_data)
+            except DriverError:
+                continue
+            shim_info = read_json(directory / "shim.json") or {}
+            shim_pid = int(shim_info.get("pid", 0))
+            shim_fd = open_pidfd(shim_pid, shim_info.get("start_time")) if shim_pid else None
+            record = Record(spec=spec, dir=directory, shim=PidWatch(shim_pid, shim_fd))
+            started = read_json(directory / "started.json")
+            if started is not None:
+                record.main_pid = int(started["pid"])
+                record.started_at = float(started["started_at"])
+                record.main_pidfd = open_pidfd(record.main_pid, started.get("start_time"))
+            self.load_extra(record)
+            self._records[spec.id] = record
+        return await self.list()
+
+    def load_extra(self, record: Record) -> None:
+        """Restore driver-specific bits of a record on adopt."""
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._pool.close()
+        for record in self._records.values():
+            if record.shim.poll() and record.shim.pidfd is not None:
+                try_reap(record.shim.pidfd)
+            record.close()
+        self._records.clear()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DriverError(f"the {self.kind} driver is closed")
+
+    def _get(self, container_id: str) -> Record:
+        try:
+            return self._records[container_id]
+        except KeyError:
+            raise ContainerNotFoundError(container_id) from None
+
+    def _exit_info(self, record: Record) -> dict[str, Any] | None:
+        if record.exit is None:
+            record.exit = read_json(record.dir / "exit.json")
+        return record.exit
+
+    def _exit_code(self, record: Record) -> int | None:
+        info = self._exit_info(record)
+        if info is not None and isinstance(info.get("exit_code"), int):
+            return int(info["exit_code"])
+        return record.lost_code
+
+    async def _recover_lost_exit(self, record: Record) -> None:
+        """The shim died first: its container became our child (we are its subreaper)."""
+        if record.main_pidfd is None or record.lost_code is not None:
+            return
+        watch = PidWatch(record.main_pid or 0, os.dup(record.main_pidfd))
+        try:
+            with trio.move_on_after(0.5):
+                await watch.wait()
+            record.lost_code = watch.reaped_code
+        finally:
+            watch.close()
+
+    def _status(self, record: Record) -> ContainerStatus:
+        state: ContainerState
+        exit_code: int | None = None
+        oom = False
+        finished_at = None
+        pid = record.main_pid
+        if record.shim.poll():
+            info = self._exit_info(record) or {}
+            exit_code = self._exit_code(record)
+            oom = bool(info.get("oom_killed", False))
+            finished_at = info.get("finished_at")
+            state = "exited" if exit_code is not None else "unknown"
+            pid = None
+        elif record.main_pid is None or self.is_created(record):
+            state = "created"
+        else:
+            state = "running"
+        return ContainerStatus(
+            id=record.spec.id,
+            state=state,
+            pid=pid,
+            exit_code=exit_code,
+            oom_killed=oom,
+            started_at=record.started_at,
+            finished_at=finished_at,
+            labels=record.spec.labels,
+        )
+
+    async def _discard(self, container_id: str, directory: Path, record: Record | None) -> None:
+        if record is not None:
+            if not record.shim.poll():
+                self.signal(record, signal.SIGKILL)
+                with trio.move_on_after(KILL_TIMEOUT):
+                    await record.shim.wait()
+            if record.shim.pidfd is not None:
+                try_reap(record.shim.pidfd)
+            await self.cleanup(record)
+            record.close()
+            self._records.pop(container_id, None)
+        else:
+            await self.cleanup_dir(directory)
+        await trio.to_thread.run_sync(_rmtree, directory)
+
+    async def cleanup_dir(self, directory: Path) -> None:
+        """Release what a half-made container directory holds (oci: a mount)."""
+
+
+def _rmtree(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,360 @@
+"""Hypha's per-container monitor (the "shim"): it outlives the agent.
+
+Run as ``python3 -I -S shim.py`` with a pipe on stdin and stdout; standard library
+only, so it starts fast and imports nothing of Hypha's. The agent keeps one spare
+shim waiting, so a container start does not pay for the interpreter's start.
+
+1. Waiting as a spare: new session, child subreaper (prctl 36), then one JSON job
+   line on stdin. End of file instead means the agent is gone: exit quietly.
+2. It starts the job's ``argv`` (the command itself for the process driver,
+   ``runc create`` for the oci driver) with stdin on /dev/null and stdout + stderr
+   on one pipe that it drains from the start into size-rotated log files, so the
+   container never blocks on a full pipe and never writes into a dead agent.
+3. It tells the agent ``started``/``created`` (with the pid) on stdout, and also
+   writes ``started.json``, so an agent that restarts can find it.
+4. When the container's main process ends it records the real exit status
+   (128 + signal for a signal; the OOM killer's count from the cgroup) in
+   ``exit.json`` (atomically), then runs the job's cleanup (``runc delete``, unmount,
+   empty cgroup parents), writes ``cleaned`` and exits.
+
+Every child it gets is reaped by pid; being its own subreaper, that is all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any
+
+PR_SET_CHILD_SUBREAPER = 36
+MNT_DETACH = 2
+DRAIN_AFTER_EXIT = 2.0  # seconds to keep reading output left by the container's children
+START_TIMEOUT = 120.0  # the longest an agent may take between create and start
+
+
+class RotatingLog:
+    """Append to ``path``; past ``max_bytes`` move it to ``path.1`` (``.1`` to ``.2``...)."""
+
+    def __init__(self, path: str, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max(1, max_bytes)
+        self.backups = max(0, backups)
+        self.fd = -1
+        self.size = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self.size = os.fstat(self.fd).st_size
+
+    def write(self, data: bytes) -> None:
+        if self.size and self.size + len(data) > self.max_bytes:
+            self.rotate()
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+        self.size += len(data)
+
+    def rotate(self) -> None:
+        os.close(self.fd)
+        if self.backups == 0:
+            os.truncate(self.path, 0)
+        else:
+            for index in range(self.backups - 1, 0, -1):
+                older = f"{self.path}.{index}"
+                if os.path.exists(older):
+                    os.replace(older, f"{self.path}.{index + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        self._open()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def report(event: dict[str, Any]) -> None:
+    """Tell the agent, if it still listens; it may be gone, which is fine."""
+    with contextlib.suppress(OSError):
+        os.write(1, (json.dumps(event) + "\n").encode())
+
+
+def exit_code_of(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def spawn(job: dict[str, Any], log_w: int) -> tuple[int, str | None]:
+    """Fork and exec the job's argv; return (pid, None) or (pid, why exec failed)."""
+    err_r, err_w = os.pipe()  # both close-on-exec: EOF on exec success
+    pid = os.fork()
+    if pid == 0:  # child: only async-signal-safe-ish work, then exec
+        try:
+            os.close(err_r)
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGPIPE, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            if job.get("own_group"):
+                os.setpgid(0, 0)
+            devnull = os.open("/dev/null", os.O_RDWR)
+            os.dup2(devnull, 0)
+            os.dup2(log_w, 1)
+            os.dup2(log_w, 2)
+            cwd = job.get("cwd") or "/"
+            try:
+                os.chdir(cwd)
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot enter working directory {cwd}: {exc.strerror}"
+                ) from None
+            user = job.get("user")
+            if user is not None:
+                os.setgroups([])
+                os.setgid(int(user[1]))
+                os.setuid(int(user[0]))
+            argv = job["argv"]
+            try:
+                os.execvpe(argv[0], argv, job.get("env") or {})
+            except FileNotFoundError:
+                raise RuntimeError(f"executable file not found: {argv[0]}") from None
+            except PermissionError:
+                raise RuntimeError(f"permission denied: {argv[0]}") from None
+        except BaseException as exc:  # report, never return into the shim's code
+            message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            try:
+                os.write(err_w, message.encode(errors="replace"))
+            finally:
+                os._exit(127)
+    os.close(err_w)
+    chunks = []
+    while True:
+        chunk = os.read(err_r, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(err_r)
+    error = b"".join(chunks).decode(errors="replace") if chunks else None
+    return pid, error
+
+
+def proc_start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot: tells a pid from its reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+
+
+def read_pid_file(path: str) -> int:
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+def oom_kills(paths: list[str]) -> int:
+    """The kernel's OOM-kill count for the container's memory cgroup (v1 or v2)."""
+    for path in paths:
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+def wait_until_closed(fd: int, timeout: float) -> None:
+    """Wait for end of file on ``fd`` (the agent finished, or died), at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                if not os.read(fd, 4096):
+                    return
+            except OSError:
+                return
+
+
+def run_cleanup(job: dict[str, Any], libc: Any) -> bool:
+    ok = True
+    for argv in job.get("cleanup") or []:
+        try:
+            pid = os.posix_spawn(argv[0], argv, job.get("env") or {})
+            _, status = os.waitpid(pid, 0)
+            ok = ok and os.waitstatus_to_exitcode(status) == 0
+        except OSError as exc:
+            print(f"shim: cleanup {argv[0]} failed: {exc}", file=sys.stderr)
+            ok = False
+    for target in job.get("umount") or []:
+        if libc.umount2(target.encode(), MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOENT):
+                print(f"shim: umount {target}: {os.strerror(err)}", file=sys.stderr)
+                ok = False
+    for directory in job.get("rmdirs") or []:  # deepest first; only empty ones go
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+    return ok
+
+
+def main() -> int:
+    # -- as a spare: detach from the agent's session and become a subreaper --------
+    with contextlib.suppress(OSError):  # already a session leader
+        os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return 0  # the agent closed us without a job
+    job = json.loads(line)
+    directory = job["dir"]
+    # The agent closes its end of our stdin once it is done starting the container.
+    starting = os.dup(0)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    os.dup2(devnull, 0)
+    diag = os.open(os.path.join(directory, "shim.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(diag, 2)
+    os.close(diag)
+    os.close(devnull)
+
+    log = RotatingLog(job["log_path"], int(job["log_max_bytes"]), int(job["log_backups"]))
+    log_r, log_w = os.pipe()
+    os.set_blocking(log_r, False)
+    first_pid, error = spawn(job, log_w)
+    os.close(log_w)
+    statuses: dict[int, int] = {}
+
+    def reap() -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)  # all our children are ours to reap
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            statuses[pid] = status
+
+    def drain() -> bool:
+        """Copy what is in the pipe to the log; False at end of file."""
+        while True:
+            try:
+                data = os.read(log_r, 65536)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            log.write(data)
+
+    def pump(until: float | None = None) -> bool:
+        """Wait for output or a child's exit; False at end of output."""
+        timeout = 1.0 if until is None else max(0.0, until - time.monotonic())
+        ready, _, _ = select.select([log_r, wake_r], [], [], timeout)
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        reap()
+        return drain() if log_r in ready else True
+
+    if error is not None:
+        os.waitpid(first_pid, 0)  # it is exiting: end of the error pipe came first
+        reap()
+        write_json_atomic(
+            os.path.join(directory, "exit.json"),
+            {"exit_code": 127, "error": error, "finished_at": time.time(), "oom_killed": False},
+        )
+        report({"event": "error", "message": error})
+        return 0
+
+    main_pid = first_pid
+    open_output = True
+    if job["mode"] == "oci":
+        # Wait for `runc create` itself: the container's init is then our child.
+        while first_pid not in statuses:
+            open_output = pump() and open_output
+        code = exit_code_of(statuses.pop(first_pid))
+        if code != 0:
+            deadline = time.monotonic() + 0.5
+            while open_output and time.monotonic() < deadline:
+                open_output = pump(deadline)
+            write_json_atomic(
+                os.path.join(directory, "exit.json"),
+                {"exit_code": None, "error": f"create exited {code}", "finished_at": time.time()},
+            )
+            report({"event": "error", "code": code})
+            wait_until_closed(starting, START_TIMEOUT)
+            run_cleanup(job, libc)
+            return 0
+        main_pid = read_pid_file(job["pid_file"])
+        event = "created"
+    else:
+        event = "started"
+    started_at = time.time()
+    write_json_atomic(
+        os.path.join(directory, "started.json"),
+        {"pid": main_pid, "started_at": started_at, "start_time": proc_start_time(main_pid)},
+    )
+    report({"event": event, "pid": main_pid, "started_at": started_at})
+
+    while main_pid not in statuses:
+        if open_output:
+            open_output = pump()
+        else:
+            pump()
+    status = statuses[main_pid]
+    if job.get("own_group"):
+        with contextlib.suppress(OSError):  # what the command left in its group
+            os.killpg(main_pid, signal.SIGKILL)
+    deadline = time.monotonic() + DRAIN_AFTER_EXIT
+    while open_output and time.monotonic() < deadline:
+        open_output = pump(deadline)
+    reap()
+    log.close()
+    finished_at = time.time()
+    result = {
+        "exit_code": exit_code_of(status),
+        "oom_killed": oom_kills(job.get("oom_files") or []) > 0,
+        "finished_at": finished_at,
+        "started_at": started_at,
+        "pid": main_pid,
+    }
+    write_json_atomic(os.path.join(directory, "exit.json"), result)
+    report({"event": "exited", **result})
+    wait_until_closed(starting, START_TIMEOUT)
+    if run_cleanup(job, libc):
+        with open(os.path.join(directory, "cleaned"), "w"):
+            pass
+    reap()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

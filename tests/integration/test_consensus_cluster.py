@@ -1,0 +1,383 @@
+"""Real pysyncobj clusters: runner processes on loopback aliases, real SIGKILL.
+
+Timing is never asserted: every wait polls for a condition with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.consensus.harness import (
+    Cluster,
+    NodeError,
+    NodeProcess,
+    free_port,
+    make_secret,
+    wait_for,
+)
+from agent.consensus.state import PlacementEntry, PutWorkload, SetNodeAdmin, SetPlacements
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path / "cluster")
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def voters_of(node: NodeProcess) -> list[str]:
+    return list(node.status()["voters"])
+
+
+def three_voters(c: Cluster) -> list[NodeProcess]:
+    """Bootstrap one node, join two replicas, let the autopilot promote them."""
+    first = c.add(bootstrap=True)
+    c.leader()
+    others = [c.add(join=[first.addr]) for _ in range(2)]
+    c.set_membership()
+    everyone = [first, *others]
+    wait_for(
+        lambda: all(n.status()["role"] == "voter" for n in everyone) and len(voters_of(first)) == 3,
+        60,
+        "three voters",
+    )
+    return everyone
+
+
+def workload_on(node: NodeProcess, name: str) -> dict[str, Any] | None:
+    found = node.request("workload", name=name)["workload"]
+    return dict(found) if found else None
+
+
+def test_replicas_get_promoted_and_a_dead_voter_is_replaced(cluster: Cluster) -> None:
+    nodes = three_voters(cluster)
+    spare = cluster.add(join=[nodes[0].addr])
+    cluster.set_membership()
+    assert cluster.propose(PutWorkload({"name": "web", "replicas": 3}).to_wire())["ok"]
+    # Every agent, the replica too, holds the whole state.
+    for node in [*nodes, spare]:
+        wait_for(lambda n=node: workload_on(n, "web"), 20, f"web on {node.addr}")
+    assert spare.status()["role"] == "replica"
+    assert len(voters_of(nodes[0])) == 3  # the target: no fourth voter while all are alive
+
+    # A follower dies; gossip (the fake membership) says so; the spare replaces it.
+    leader = cluster.leader()
+    victim = next(n for n in nodes if n is not leader)
+    victim.kill()
+    cluster.set_membership()
+    expected = sorted(n.addr for n in [*nodes, spare] if n is not victim)
+    seen: list[list[str]] = []
+
+    def replaced() -> bool:
+        voters = voters_of(leader)
+        if not seen or seen[-1] != voters:
+            seen.append(voters)
+        return voters == expected
+
+    wait_for(replaced, 60, "the dead voter replaced")
+    # Never fewer than 3 voters on the way: the spare was added before the victim left.
+    assert all(len(v) >= 3 for v in seen), seen
+    wait_for(lambda: spare.status()["role"] == "voter", 20, "spare is a voter")
+    result = cluster.propose(SetNodeAdmin("n1", draining=True).to_wire())
+    assert result["ok"]
+    wait_for(
+        lambda: spare.request("state")["fingerprint"]["node_admin"], 20, "admin state on spare"
+    )
+    # The replaced voter comes back: nobody talks to it as a voter any more, so it asks,
+    # learns it was removed, and rejoins as a replica with the whole state.
+    back = cluster.restart(victim.addr)
+    cluster.set_membership()
+    wait_for(lambda: back.status()["role"] == "replica", 60, "the old voter demoted")
+    wait_for(lambda: back.request("state")["fingerprint"]["node_admin"], 30, "state on it")
+    assert voters_of(cluster.leader()) == expected
+
+
+def test_leader_sigkill_elects_a_new_leader_that_commits(cluster: Cluster) -> None:
+    three_voters(cluster)
+    old = cluster.leader()
+    old.kill()
+    new = cluster.leader(timeout=30)
+    assert new.addr != old.addr
+    result = cluster.propose(PutWorkload({"name": "after", "replicas": 1}).to_wire())
+    assert result["ok"]
+    # The old leader comes back (same address and data dir), follows, and catches up.
+    back = cluster.restart(old.addr)
+    wait_for(lambda: workload_on(back, "after"), 30, "the restarted node catches up")
+    assert back.status()["role"] == "voter"
+
+
+def test_five_voters_survive_two_leader_kills(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "five", target_voters=5)
+    try:
+        first = cluster.add(bootstrap=True)
+        cluster.leader()
+        others = [cluster.add(join=[first.addr]) for _ in range(4)]
+        cluster.set_membership()
+        everyone = [first, *others]
+        wait_for(
+            lambda: (
+                all(n.status()["role"] == "voter" for n in everyone)
+                and len(voters_of(cluster.leader())) == 5
+            ),
+            90,
+            "five voters",
+        )
+        for round_ in range(2):
+            old = cluster.leader()
+            old.kill()
+            cluster.set_membership()
+            new = cluster.leader(timeout=30)
+            assert new.addr != old.addr
+            wire = PutWorkload({"name": f"after-{round_}", "replicas": 1}).to_wire()
+            assert cluster.propose(wire)["ok"]
+        for node in cluster.live():
+            wait_for(lambda n=node: workload_on(n, "after-1"), 30, f"after-1 on {node.addr}")
+        # Two of five dead and no replica to replace them: the voter set stays as it is.
+        assert len(voters_of(cluster.leader())) == 5
+    finally:
+        cluster.close()
+
+
+class ChainClient:
+    """Appends 0, 1, 2, ... to one workload's spec with CAS, through leader changes.
+
+    A write is acknowledged when a node answers with the committed result. An
+    unacknowledged write is retried with the same request id (the state dedupes), so
+    whatever the leader kills do, the chain must end up as exactly the acknowledged
+    items, in order, each once."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.acked: list[int] = []
+        self.version = 0
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def wait_progress(self, writes: int) -> None:
+        start = len(self.acked)
+        wait_for(lambda: len(self.acked) >= start + writes or self.errors, 60, "client progress")
+
+    def run(self) -> None:
+        items: list[int] = []
+        n = 0
+        while not self.stop.is_set():
+            spec = {"name": "chain", "replicas": 1, "items": [*items, n]}
+            wire = PutWorkload(spec, expected_version=self.version).to_wire()
+            try:
+                result = self.cluster.propose(wire, timeout=60)
+            except (TimeoutError, NodeError) as exc:
+                self.errors.append(f"write {n} never acknowledged: {exc}")
+                return
+            if not result.get("ok"):
+                self.errors.append(f"write {n} refused: {result}")
+                return
+            items.append(n)
+            self.acked.append(n)
+            self.version = int(result["version"])
+            n += 1
+
+
+class CreateClient(ChainClient):
+    """Creates u0, u1, ... (create-only CAS): a write applied twice would come back to
+    its writer as a conflict, a lost one would be missing afterwards."""
+
+    def run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            wire = PutWorkload({"name": f"u{n}", "replicas": 1}, expected_version=0).to_wire()
+            try:
+                result = self.cluster.propose(wire, timeout=60)
+            except (TimeoutError, NodeError) as exc:
+                self.errors.append(f"create {n} never acknowledged: {exc}")
+                return
+            if not result.get("ok") or result.get("version") != 1:
+                self.errors.append(f"create {n} answered {result}")
+                return
+            self.acked.append(n)
+            n += 1
+
+
+def test_history_every_acknowledged_write_survives_repeated_leader_kills(
+    cluster: Cluster,
+) -> None:
+    three_voters(cluster)
+    chain, creates = ChainClient(cluster), CreateClient(cluster)
+    threads = [threading.Thread(target=c.run, daemon=True) for c in (chain, creates)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(3):
+            chain.wait_progress(5)
+            leader = cluster.leader(timeout=30)
+            leader.kill()
+            cluster.leader(timeout=30)
+            cluster.restart(leader.addr)
+        chain.wait_progress(5)
+        creates.wait_progress(5)
+    finally:
+        chain.stop.set()
+        creates.stop.set()
+        for thread in threads:
+            thread.join(90)
+    assert not chain.errors and not creates.errors, chain.errors + creates.errors
+    acked = list(chain.acked)
+    assert len(acked) > 15
+    for node in cluster.live():
+
+        def converged(n: NodeProcess = node) -> bool:
+            found = workload_on(n, "chain")
+            return bool(found) and found["version"] == chain.version  # type: ignore[index]
+
+        wait_for(converged, 30, f"chain on {node.addr}")
+        found = workload_on(node, "chain")
+        assert found is not None
+        assert found["spec"]["items"] == acked  # every acknowledged write, once, in order
+        assert found["version"] == len(acked)  # one version per write, no duplicates
+        workloads = node.request("state")["fingerprint"]["workloads"]
+        created = {w["name"]: w["version"] for w in workloads if w["name"].startswith("u")}
+        for n in creates.acked:
+            assert created.get(f"u{n}") == 1, (node.addr, n)
+
+
+def test_whole_cluster_sigkill_and_restart_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    # Compaction every 40 entries, so the restart reads a snapshot *and* a journal.
+    cluster = Cluster(tmp_path / "cluster", compaction_entries=40)
+    try:
+        three_voters(cluster)
+        acked = []
+        for i in range(120):
+            result = cluster.propose(PutWorkload({"name": f"w{i}", "replicas": 1}).to_wire())
+            assert result["ok"]
+            acked.append(f"w{i}")
+        before = cluster.leader().request("state")["fingerprint"]
+        for node in list(cluster.nodes.values()):
+            node.kill()
+        for addr in list(cluster.nodes):
+            cluster.restart(addr)
+        leader = cluster.leader(timeout=60)
+        # A write after the restart commits too.
+        assert cluster.propose(PutWorkload({"name": "after", "replicas": 1}).to_wire())["ok"]
+        for node in cluster.live():
+            wait_for(lambda n=node: workload_on(n, "after"), 30, f"caught up {node.addr}")
+            names = {w["name"] for w in node.request("state")["fingerprint"]["workloads"]}
+            missing = sorted(set(acked) - names)
+            assert not missing, (node.addr, node.status(), missing)
+        after = leader.request("state")["fingerprint"]
+        assert [w for w in after["workloads"] if w["name"] != "after"] == before["workloads"]
+        assert any(p.name.endswith(".dump") for p in cluster.root.rglob("raft.dump"))
+    finally:
+        cluster.close()
+
+
+def test_a_wrong_secret_cannot_join(cluster: Cluster, tmp_path: Path) -> None:
+    first = cluster.add(bootstrap=True)
+    cluster.leader()
+    assert cluster.propose(PutWorkload({"name": "secret", "replicas": 1}).to_wire())["ok"]
+    intruder = NodeProcess(
+        f"127.0.0.250:{free_port('127.0.0.250')}",
+        tmp_path / "intruder",
+        make_secret(tmp_path / "other-secret"),
+        join=[first.addr],
+    )
+    with pytest.raises(NodeError, match="cannot join Raft: no member answered"):
+        intruder.start(timeout=60)
+    intruder.kill()
+    status = first.status()
+    assert status["replica_connections"] == 0
+    assert status["voters"] == [first.addr]
+
+
+def test_an_unknown_voter_address_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    """A node claiming to be a voter that the cluster never added gets no state."""
+    first = cluster.add(bootstrap=True)
+    cluster.leader()
+    assert cluster.propose(PutWorkload({"name": "x", "replicas": 1}).to_wire())["ok"]
+    rogue_dir = tmp_path / "rogue"
+    rogue_dir.mkdir()
+    rogue_addr = f"127.0.0.249:{free_port('127.0.0.249')}"
+    (rogue_dir / "raft-meta.json").write_text(
+        f'{{"role": "voter", "self": "{rogue_addr}", "voters": ["{first.addr}", "{rogue_addr}"]}}'
+    )
+    rogue = NodeProcess(rogue_addr, rogue_dir, cluster.secret)
+    try:
+        rogue.start()
+        time.sleep(2)
+        assert workload_on(rogue, "x") is None
+        assert rogue.status()["leader"] != rogue_addr or rogue.status()["commit_index"] <= 1
+        assert first.status()["voters"] == [first.addr]
+    finally:
+        rogue.kill()
+
+
+class Partition:
+    """iptables INPUT drops between one node and others, on exactly their Raft ports."""
+
+    COMMENT = "hypha-test-consensus"
+
+    def __init__(self, iptables: str) -> None:
+        self.iptables = iptables
+        self.rules: list[list[str]] = []
+
+    def cut(self, a: str, b: str) -> None:
+        (host_a, port_a), (host_b, port_b) = (x.rsplit(":", 1) for x in (a, b))
+        for src, dst, port_flag, port in (
+            (host_a, host_b, "--dport", port_b),
+            (host_b, host_a, "--sport", port_b),
+            (host_b, host_a, "--dport", port_a),
+            (host_a, host_b, "--sport", port_a),
+        ):
+            rule = ["-p", "tcp", "-s", src, "-d", dst, port_flag, port]
+            rule += ["-m", "comment", "--comment", self.COMMENT, "-j", "DROP"]
+            subprocess.run([self.iptables, "-I", "INPUT", *rule], check=True)
+            self.rules.append(rule)
+
+    def heal(self) -> None:
+        while self.rules:
+            rule = self.rules.pop()
+            subprocess.run([self.iptables, "-D", "INPUT", *rule], check=False)
+
+
+def test_isolated_leader_steps_down_and_its_term_goes_stale(
+    cluster: Cluster, iptables_path: str
+) -> None:
+    nodes = three_voters(cluster)
+    old = cluster.leader()
+    old_term = int(old.status()["term"])
+    assert cluster.propose(PutWorkload({"name": "web", "replicas": 2}).to_wire())["ok"]
+    partition = Partition(iptables_path)
+    try:
+        for other in nodes:
+            if other is not old:
+                partition.cut(old.addr, other.addr)
+        # The majority elects a new leader; the isolated one gives up leadership after
+        # leaderFallbackTimeout instead of believing in itself for pysyncobj's 30 s.
+        majority = [n for n in nodes if n is not old]
+        wait_for(lambda: any(n.status()["state"] == "leader" for n in majority), 30, "a new leader")
+        wait_for(lambda: old.status()["state"] != "leader", 30, "the old leader stepping down")
+        answer = old.request(
+            "propose",
+            timeout=20,
+            wire=PutWorkload({"name": "lost", "replicas": 1}).to_wire(),
+            deadline=2,
+        )
+        assert "result" not in answer  # no majority, no acknowledgement
+    finally:
+        partition.heal()
+    new = cluster.leader(timeout=30)
+    assert new.addr != old.addr and int(new.status()["term"]) > old_term
+    # A placement decided in the old term is refused once the new term is applied.
+    stale = SetPlacements(old_term, (PlacementEntry("web-0", "n1", 1),)).to_wire()
+    assert cluster.propose(stale)["error"] == "stale_term"
+    wait_for(lambda: old.status()["leader"] == new.addr, 30, "the old leader following")
+    wait_for(lambda: old.request("state")["fingerprint"]["term"] > old_term, 30, "caught up")

@@ -1,0 +1,171 @@
+"""The sans-I/O core on a fake clock: the rules one at a time."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gossip import GossipConfig, GossipNode, KeyChanged, Keyring, MemberEvent, StateError, wire
+from gossip.core import _Suspicion
+from gossip.sim import Simulation
+
+LAN = GossipConfig.lan()
+RING = Keyring(bytes(32))
+
+
+def node(name: str, generation: int = 1, config: GossipConfig = LAN) -> GossipNode:
+    n = GossipNode(config, name=name, generation=generation, keyring=RING, rng=random.Random(1))
+    n.start((name, 1), 0.0)
+    return n
+
+
+def packet(sender: GossipNode, message: wire.Message) -> bytes:
+    s = wire.Sender(sender.name, sender.generation, sender.incarnation, sender.address)
+    return RING.seal(wire.encode(s, message), b"hypha")
+
+
+def kinds(n: GossipNode) -> list[tuple[str, str]]:
+    return [(e.kind, e.member.name) for e in n.take_events() if isinstance(e, MemberEvent)]
+
+
+def test_a_sender_becomes_a_member_and_a_ping_is_acked() -> None:
+    a, b = node("a"), node("b")
+    out = b.receive(packet(a, wire.Ping(7, "b")), a.address, 0.1)
+    assert kinds(b) == [("joined", "a")]
+    assert [o.address for o in out] == [a.address]
+    reply = wire.decode(RING.open(out[0].data, b"hypha"))
+    assert reply.message == wire.Ack(7, reply.message.updates)  # type: ignore[union-attr]
+
+
+def test_drops_are_counted_by_reason() -> None:
+    a, b = node("a"), node("b")
+    b.receive(b"\x01" + bytes(40), a.address, 0.0)
+    b.receive(Keyring(bytes(range(32))).seal(b"x", b"hypha"), a.address, 0.0)
+    b.receive(RING.seal(b"\xc1garbage", b"hypha"), a.address, 0.0)
+    b.receive(bytes(LAN.mtu + 1), a.address, 0.0)
+    b.receive(packet(b, wire.Gossip()), b.address, 0.0)
+    c = b.counters
+    assert (c["drops_auth"], c["drops_decode"], c["drops_oversize"]) == (2, 1, 1)
+    assert c["drops_from_self"] == 1
+    assert b.members()[0].name == "b" and len(b.members()) == 1
+
+
+def test_suspicion_timeout_scales_with_log_n_and_shrinks_with_confirmations() -> None:
+    s = _Suspicion(0.0, {"x"}, 2, 8.0, 48.0, 0.0)
+    s.recompute()
+    assert s.deadline == 48.0
+    s.accusers.add("y")
+    s.recompute()
+    first = s.deadline
+    s.accusers.add("z")
+    s.recompute()
+    assert 8.0 < first < 48.0 and s.deadline == 8.0
+    s.accusers.add("w")
+    s.recompute()
+    assert s.deadline == 8.0  # never below the minimum
+
+
+def test_suspicion_refutation_and_incarnations() -> None:
+    a, b = node("a"), node("b")
+    b.receive(packet(a, wire.Gossip()), a.address, 0.0)
+    kinds(b)
+    # Somebody suspects a; b believes it.
+    b.receive(packet(a, wire.Gossip((wire.Suspect("a", 1, 0, "c"),))), ("c", 1), 0.1)
+    assert kinds(b) == [("suspect", "a")]
+    # a hears it and refutes with a higher incarnation.
+    a.receive(packet(b, wire.Gossip((wire.Suspect("a", 1, 0, "c"),))), b.address, 0.2)
+    assert a.incarnation == 1 and a.counters["refutations"] == 1 and a.awareness == 1
+    b.receive(packet(a, wire.Gossip((wire.Alive("a", 1, 1, a.address),))), a.address, 0.3)
+    assert kinds(b) == [("alive", "a")]
+    # A stale suspicion (older incarnation) is ignored.
+    b.receive(packet(a, wire.Gossip((wire.Suspect("a", 1, 0, "c"),))), ("c", 1), 0.4)
+    assert kinds(b) == []
+
+
+def test_a_suspect_dies_after_the_timeout_unless_it_refutes() -> None:
+    a, b = node("a"), node("b")
+    b.receive(packet(a, wire.Gossip()), a.address, 0.0)
+    b.receive(packet(a, wire.Gossip((wire.Suspect("a", 1, 0, "c"),))), ("c", 1), 1.0)
+    kinds(b)
+    t = 1.0
+    while t < 60 and b.member("a").state == "suspect":  # type: ignore[union-attr]
+        t = max(t, b.next_deadline())
+        b.tick(t)
+    assert b.member("a").state == "dead"  # type: ignore[union-attr]
+    # min = 4 * log10(2+1) * 1 s clamped to 4 s; two members only: no confirmations wanted.
+    assert 4.9 <= t <= 5.5
+    assert ("dead", "a") in kinds(b)
+
+
+def test_a_new_generation_supersedes_the_old_self() -> None:
+    a1, b = node("a", 1), node("b")
+    a1.set("k", "v", 0.0)
+    b.receive(packet(a1, wire.Gossip((wire.KeyUpdate("a", 1, "k", "v", 1),))), a1.address, 0.0)
+    assert b.state_of("a") == {"k": "v"}
+    b.receive(packet(a1, wire.Gossip((wire.Dead("a", 1, 0, "b"),))), ("x", 1), 1.0)
+    b.take_events()
+    a2 = node("a", 2)
+    b.receive(packet(a2, wire.Gossip()), a2.address, 2.0)
+    assert b.member("a").generation == 2 and b.member("a").state == "alive"  # type: ignore[union-attr]
+    events = b.take_events()
+    assert KeyChanged("a", "k", None) in events
+    assert ("joined", "a") in [
+        (e.kind, e.member.name) for e in events if isinstance(e, MemberEvent)
+    ]
+    # The old generation's gossip no longer counts.
+    b.receive(packet(a1, wire.Gossip((wire.Suspect("a", 1, 5, "b"),))), ("x", 1), 3.0)
+    assert b.member("a").state == "alive"  # type: ignore[union-attr]
+    # A node ignores suspicion of its old generation.
+    a2.receive(packet(b, wire.Gossip((wire.Dead("a", 1, 9, "b"),))), b.address, 3.0)
+    assert a2.incarnation == 0
+
+
+def test_state_values_are_checked() -> None:
+    a = node("a")
+    with pytest.raises(StateError, match="key must be"):
+        a.set("", "v", 0.0)
+    with pytest.raises(StateError, match="must be a string"):
+        a.set("k", 5, 0.0)  # type: ignore[arg-type]
+    with pytest.raises(StateError, match="raise mtu or split the value"):
+        a.set("k", "x" * 5000, 0.0)
+    a.set("k", "x" * 1000, 0.0)
+
+
+def test_leave_is_heard_and_the_member_is_reaped_after_the_grace() -> None:
+    config = GossipConfig.lan(reap_after=20.0)
+    sim = Simulation(config, seed=11)
+    for i in range(5):
+        sim.add_node(f"n{i}", join=["n0"] if i else [])
+    assert sim.run_until_true(sim.converged, 20)
+    sim.leave("n3")
+    assert sim.run_until_true(lambda: sim.all_see("n3", "left"), 5)
+    assert sim.nodes["n3"].leave_done()
+    sim.crash("n3")
+    sim.run_for(25)
+    assert all(sim.view(o, "n3") is None for o in ("n0", "n1", "n2", "n4"))
+    assert sim.nodes["n0"].counters["reaped"] == 1
+
+
+def test_tombstones_are_collected_and_a_long_absent_node_gets_a_reset() -> None:
+    config = GossipConfig.lan(tombstone_gc_after=10.0, reap_after=600.0)
+    sim = Simulation(config, seed=12)
+    for i in range(4):
+        sim.add_node(f"n{i}", join=["n0"] if i else [])
+    assert sim.run_until_true(sim.converged, 20)
+    owner = sim.nodes["n1"]
+    owner.set("gone", "soon", sim.now)
+    owner.set("kept", "yes", sim.now)
+    assert sim.run_until_true(lambda: sim.nodes["n3"].state_of("n1").get("gone") == "soon", 5)
+    sim.partition(["n3"])  # n3 alone on one side
+    sim.run_for(1)
+    owner.delete("gone", sim.now)
+    owner.set("later", "x", sim.now)
+    sim.run_for(20)  # the tombstone is collected everywhere reachable
+    assert "gone" not in owner._me.kv  # noqa: SLF001
+    assert sim.nodes["n3"].state_of("n1").get("gone") == "soon"
+    sim.heal()
+    assert sim.run_until_true(
+        lambda: sim.nodes["n3"].state_of("n1") == {"kept": "yes", "later": "x"}, 60
+    )
+    assert sim.run_until_true(sim.converged, 60)

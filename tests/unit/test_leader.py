@@ -1,0 +1,82 @@
+"""The leader's plan: a pure function of workloads, placements and the node view."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from agent.leader import PlacementView, WorkloadView, plan
+from agent.nodes import NodeView
+from agent.spec import WorkloadSpec
+
+CAP = {"cpu_millicores": 4000, "memory_bytes": 8 * 1024**3, "pids": 10000}
+
+
+def node(name: str, liveness: str = "alive", **extra: object) -> NodeView:
+    return NodeView(name=name, liveness=liveness, capacity=dict(CAP), **extra)  # type: ignore[arg-type]
+
+
+def workload(name: str, replicas: int, version: int = 1) -> WorkloadView:
+    spec = WorkloadSpec.from_dict({"name": name, "command": ["serve"], "replicas": replicas})
+    return WorkloadView(name, spec, version)
+
+
+def nodes(*views: NodeView) -> dict[str, NodeView]:
+    return {v.name: v for v in views}
+
+
+def test_places_every_replica_and_spreads_them() -> None:
+    result, _ = plan([workload("web", 6)], [], nodes(node("a"), node("b"), node("c")), seed=1)
+    assert sorted(rid for rid, _, _ in result.place) == [f"web-{i}" for i in range(6)]
+    assert all(version == 1 for _, _, version in result.place)
+    assert Counter(n for _, n, _ in result.place) == {"a": 2, "b": 2, "c": 2}
+    assert not result.remove and not result.pending
+
+
+def test_nothing_to_do_when_everything_is_placed() -> None:
+    placements = [PlacementView(f"web-{i}", "web", "abc"[i], 1) for i in range(3)]
+    result, _ = plan(
+        [workload("web", 3)], placements, nodes(node("a"), node("b"), node("c")), seed=1
+    )
+    assert result.empty
+
+
+def test_moves_replicas_of_dead_and_draining_nodes_only() -> None:
+    placements = [PlacementView(f"web-{i}", "web", "abcd"[i], 1) for i in range(4)]
+    view = nodes(
+        node("a", "dead"), node("b", "suspect"), node("c", draining=True), node("d"), node("e")
+    )
+    result, _ = plan([workload("web", 4)], placements, view, seed=1)
+    moved = {rid: n for rid, n, _ in result.place}
+    assert set(moved) == {"web-0", "web-2"}  # b is only suspect: web-1 stays
+    assert all(n in ("d", "e") for n in moved.values())
+
+
+def test_replicas_with_no_home_are_pending_with_a_reason() -> None:
+    big = WorkloadSpec.from_dict(
+        {"name": "big", "command": ["x"], "replicas": 1, "resources": {"memory": "64Gi"}}
+    )
+    result, _ = plan([WorkloadView("big", big, 1)], [], nodes(node("a")), seed=1)
+    assert not result.place
+    assert "big-0" in result.pending and result.pending["big-0"]
+
+
+def test_a_mass_failure_pauses_moves() -> None:
+    placements = [PlacementView(f"web-{i}", "web", "abc"[i], 1) for i in range(3)]
+    view = nodes(node("a", "dead"), node("b", "dead"), node("c"))
+    result, _ = plan([workload("web", 3)], placements, view, seed=1)
+    assert result.paused and result.empty
+
+
+def test_deleted_workloads_lose_their_placements() -> None:
+    result, _ = plan([], [PlacementView("old-0", "old", "a", 1)], nodes(node("a")), seed=1)
+    assert result.remove == ["old-0"]
+
+
+def test_unknown_nodes_wait_for_the_grace() -> None:
+    placements = [PlacementView("web-0", "web", "ghost", 1)]
+    early, _ = plan(
+        [workload("web", 1)], placements, nodes(node("a")), seed=1, unknown_is_lost=False
+    )
+    assert early.empty
+    late, _ = plan([workload("web", 1)], placements, nodes(node("a")), seed=1)
+    assert late.place == [("web-0", "a", 1)]

@@ -1,0 +1,151 @@
+"""The node reconciler against the mock driver, on trio's autojump clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from agent.reconciler import LABEL_RESTARTS, DesiredReplica, Reconciler, ReplicaReport
+from agent.spec import WorkloadSpec
+from runtime import MockDriver, MockHost
+
+
+def replica(
+    rid: str, command: list[str], restart: Any = "always", version: int = 1, **extra: Any
+) -> DesiredReplica:
+    name = rid.rpartition("-")[0]
+    spec = WorkloadSpec.from_dict(
+        {"name": name, "command": command, "restart": restart, "replicas": 10, **extra}
+    )
+    return DesiredReplica(rid, spec, version)
+
+
+class Harness:
+    def __init__(self, host: MockHost | None = None) -> None:
+        self.host = host or MockHost()
+        self.driver = MockDriver(self.host, clock=trio.current_time)
+        self.desired: dict[str, DesiredReplica] = {}
+        self.reports: dict[str, ReplicaReport] = {}
+        self.reconciler = Reconciler(
+            self.driver,
+            node="n1",
+            desired=lambda: self.desired,
+            on_report=self._report,
+            clock=trio.current_time,
+        )
+
+    def _report(self, reports: dict[str, ReplicaReport]) -> None:
+        self.reports = reports
+
+    def states(self) -> dict[str, str]:
+        return {rid: r.state for rid, r in sorted(self.reports.items())}
+
+    async def settle(self, seconds: float = 5.0) -> None:
+        self.reconciler.poke()
+        await trio.sleep(seconds)
+
+
+@pytest.fixture
+async def harness(nursery: trio.Nursery) -> Harness:
+    h = Harness()
+    await nursery.start(h.reconciler.run)
+    return h
+
+
+async def test_starts_and_stops_to_match_desired(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    harness.desired = {f"web-{i}": replica(f"web-{i}", ["serve"]) for i in range(3)}
+    await harness.settle()
+    assert harness.states() == {"web-0": "running", "web-1": "running", "web-2": "running"}
+    assert sorted(harness.host.containers) == ["web-0", "web-1", "web-2"]
+    env = harness.host.containers["web-1"].spec.env
+    assert env["HYPHA_REPLICA"] == "web-1" and env["HYPHA_NODE"] == "n1"
+
+    del harness.desired["web-2"]
+    await harness.settle()
+    assert sorted(harness.host.containers) == ["web-0", "web-1"]
+    assert "web-2" not in harness.reports
+
+
+async def test_scaling_does_not_restart_but_a_new_template_does(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    harness.desired = {"web-0": replica("web-0", ["serve"])}
+    await harness.settle()
+    pid = harness.host.containers["web-0"].pid
+    harness.desired = {"web-0": replica("web-0", ["serve"], version=2)}  # e.g. scaled
+    await harness.settle()
+    assert harness.host.containers["web-0"].pid == pid
+    harness.desired = {"web-0": replica("web-0", ["serve", "--new"], version=3)}
+    await harness.settle()
+    assert harness.host.containers["web-0"].pid != pid
+    assert harness.host.containers["web-0"].spec.command == ("serve", "--new")
+
+
+async def test_restart_policies_with_backoff(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    harness.desired = {
+        "ok-0": replica("ok-0", ["true"], restart="on-failure:3"),
+        "bad-0": replica("bad-0", ["exit", "3"], restart="on-failure:2"),
+        "once-0": replica("once-0", ["exit", "4"], restart="never"),
+    }
+    await harness.settle(60)
+    reports = harness.reports
+    assert reports["ok-0"].state == "completed" and reports["ok-0"].exit_code == 0
+    assert reports["bad-0"].state == "exited" and reports["bad-0"].exit_code == 3
+    assert reports["bad-0"].restarts == 2
+    assert reports["once-0"].state == "exited" and reports["once-0"].restarts == 0
+
+
+async def test_always_restarts_a_crash_after_backoff(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    harness.desired = {"web-0": replica("web-0", ["serve"])}
+    await harness.settle()
+    harness.driver.crash("web-0", 137)
+    await trio.sleep(0.01)
+    harness.reconciler.poke()
+    await trio.sleep(0.01)
+    assert harness.reports["web-0"].state in ("backoff", "starting")
+    await harness.settle(5)
+    assert harness.reports["web-0"].state == "running"
+    assert harness.host.containers["web-0"].spec.labels[LABEL_RESTARTS] == "1"
+
+
+async def test_start_failure_is_reported_and_retried(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    harness.driver.fail_next_start("no such image")
+    harness.desired = {"web-0": replica("web-0", ["serve"])}
+    harness.reconciler.poke()
+    await trio.sleep(0.5)
+    assert harness.reports["web-0"].state == "failed"
+    assert "no such image" in (harness.reports["web-0"].error or "")
+    await harness.settle(5)
+    assert harness.reports["web-0"].state == "running"
+
+
+async def test_a_restarted_agent_adopts_and_stops_what_it_no_longer_owns(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    host = MockHost()
+    first = Harness(host)
+    first.desired = {"web-0": replica("web-0", ["serve"]), "web-1": replica("web-1", ["serve"])}
+    async with trio.open_nursery() as inner:
+        await inner.start(first.reconciler.run)
+        await first.settle()
+        inner.cancel_scope.cancel()  # the agent dies; its containers keep running
+    assert sorted(host.containers) == ["web-0", "web-1"]
+    pid = host.containers["web-0"].pid
+
+    second = Harness(host)
+    second.desired = {"web-0": replica("web-0", ["serve"])}  # web-1 moved elsewhere meanwhile
+    await nursery.start(second.reconciler.run)
+    await second.settle()
+    assert sorted(host.containers) == ["web-0"]
+    assert host.containers["web-0"].pid == pid  # adopted, not restarted

@@ -1,0 +1,123 @@
+"""WorkloadSpec: every field parsed and validated with a message naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ConfigError
+from agent.spec import Constraint, RestartPolicy, WorkloadSpec, split_replica_id
+
+FULL = """
+name = "web"
+image = "/srv/rootfs/busybox"
+command = ["httpd", "-f", "-p", "8080"]
+replicas = 3
+tenant = "team-a"
+
+[env]
+GREETING = "hello"
+
+[resources]
+cpu = "250m"
+memory = "64Mi"
+pids = 32
+
+[restart]
+policy = "on-failure"
+max_attempts = 5
+
+[placement]
+spread_by = "zone"
+max_skew = 2
+
+[[constraints]]
+label = "disk"
+value = "ssd"
+
+[labels]
+app = "web"
+"""
+
+
+def test_full_toml_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "web.toml"
+    path.write_text(FULL)
+    spec = WorkloadSpec.load(path)
+    assert spec.resources.cpu_millicores == 250
+    assert spec.resources.memory_bytes == 64 * 1024 * 1024
+    assert spec.restart == RestartPolicy("on-failure", 5)
+    assert spec.constraints == (Constraint("disk", "==", ("ssd",)),)
+    assert spec.placement.max_skew == 2
+    assert WorkloadSpec.from_dict(spec.to_dict()) == spec
+    assert spec.replica_ids() == ["web-0", "web-1", "web-2"]
+
+
+def test_json_file(tmp_path: Path) -> None:
+    path = tmp_path / "w.json"
+    path.write_text('{"name": "w", "command": ["true"], "resources": {"cpu": 2}}')
+    assert WorkloadSpec.load(path).resources.cpu_millicores == 2000
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"command": ["x"]}, "name: is required"),
+        ({"name": "Web", "command": ["x"]}, "name: must be"),
+        ({"name": "w"}, "command: is required"),
+        ({"name": "w", "command": "sleep 1"}, "command: must be a list"),
+        ({"name": "w", "command": ["x"], "replicas": -1}, "replicas: must be 0..10000"),
+        ({"name": "w", "command": ["x"], "replicas": "3"}, "replicas: must be a whole number"),
+        ({"name": "w", "command": ["x"], "image": "rel/path"}, "image: must be an absolute"),
+        ({"name": "w", "command": ["x"], "resources": {"cpu": "lots"}}, "resources.cpu:"),
+        ({"name": "w", "command": ["x"], "resources": {"memory": "1K"}}, "resources.memory:"),
+        ({"name": "w", "command": ["x"], "resources": {"gpu": 1}}, "resources.gpu: unknown"),
+        ({"name": "w", "command": ["x"], "restart": {"policy": "sometimes"}}, "restart.policy"),
+        ({"name": "w", "command": ["x"], "restart": "never:3"}, "restart: only on-failure"),
+        ({"name": "w", "command": ["x"], "env": {"1X": "y"}}, "env.1X"),
+        ({"name": "w", "command": ["x"], "constraints": [{"op": "=="}]}, "constraints[0].label"),
+        ({"name": "w", "command": ["x"], "replica": 3}, "replica: unknown field"),
+        ({"name": "w", "command": ["x"], "health": {}}, "health: health checks are not"),
+        ({"name": "w", "command": ["x"], "type": "batch"}, "type: 'batch' jobs"),
+    ],
+)
+def test_bad_fields_are_named(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        WorkloadSpec.from_dict(data)
+    assert message in str(info.value)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("name = 'w'\ncommand = ['x']\nreplicas = 'many'\n")
+    with pytest.raises(ConfigError, match=r"bad.toml: replicas: must be a whole number"):
+        WorkloadSpec.load(path)
+    path.write_text("name = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        WorkloadSpec.load(path)
+
+
+def test_restart_policy_decisions() -> None:
+    always = RestartPolicy.parse("always")
+    assert always.should_restart(0, 100)
+    on_failure = RestartPolicy.parse("on-failure:2")
+    assert on_failure.should_restart(1, 1)
+    assert not on_failure.should_restart(1, 2)
+    assert not on_failure.should_restart(0, 0)
+    assert not RestartPolicy.parse("never").should_restart(1, 0)
+    assert [always.backoff(n) for n in range(3)] == [1.0, 2.0, 4.0]
+    assert always.backoff(100) == 60.0
+
+
+def test_constraint_strings() -> None:
+    assert Constraint.parse("zone==a").matches({"zone": "a"})
+    assert Constraint.parse("zone in a,b").matches({"zone": "b"})
+    assert Constraint.parse("!gpu").matches({})
+    assert not Constraint.parse("gpu").matches({})
+
+
+def test_replica_ids() -> None:
+    assert split_replica_id("my-web-12") == ("my-web", 12)
+    with pytest.raises(ConfigError, match="replica: expected WORKLOAD-INDEX"):
+        split_replica_id("web")
