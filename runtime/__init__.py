@@ -16,7 +16,9 @@ from runtime.errors import (
     StartError,
 )
 from runtime.mock import MockDriver, MockHost
+from runtime.oci import OciDriver
 from runtime.process import ProcessDriver
+from runtime.rootfs import build_busybox_rootfs
 from runtime.spec import ContainerSpec, ContainerState, ContainerStatus
 
 __all__ = [
@@ -30,11 +32,13 @@ __all__ = [
     "DriverKind",
     "MockDriver",
     "MockHost",
+    "OciDriver",
     "ProcessDriver",
     "RuntimeFailedError",
     "RuntimeNotFoundError",
     "SpecError",
     "StartError",
+    "build_busybox_rootfs",
     "find_oci_runtime",
     "open_driver",
 ]

@@ -152,6 +152,47 @@ class PidWatch:
             self.done = True
 
 
+async def run_quiet(argv: list[str], timeout: float) -> int:
+    """Run a short command with no stdio (its errors go to its own log); its exit code.
+
+    ``posix_spawn`` plus a pidfd: cheaper than ``trio.run_process``, whose pipes
+    and thread hops cost milliseconds on every runtime call. The command is
+    killed if it outlives ``timeout``.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        pid = os.posix_spawn(
+            argv[0],
+            argv,
+            {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, devnull, 0),
+                (os.POSIX_SPAWN_DUP2, devnull, 1),
+                (os.POSIX_SPAWN_DUP2, devnull, 2),
+            ],
+        )
+    finally:
+        os.close(devnull)
+    watch = PidWatch(pid, os.pidfd_open(pid))
+    try:
+        with trio.move_on_after(timeout) as scope:
+            await watch.wait()
+        if scope.cancelled_caught:
+            assert watch.pidfd is not None
+            send_signal(watch.pidfd, signal.SIGKILL)
+            with trio.CancelScope(shield=True):
+                await watch.wait()
+            return 128 + signal.SIGKILL
+        return watch.reaped_code if watch.reaped_code is not None else 255
+    finally:
+        if not watch.done:  # cancelled from outside: do not leave it unreaped
+            assert watch.pidfd is not None
+            send_signal(watch.pidfd, signal.SIGKILL)
+            with trio.CancelScope(shield=True):
+                await watch.wait()
+        watch.close()
+
+
 class Shim:
     """A spawned shim: its pid, pidfd and the pipes to hand it a job."""
 
@@ -162,11 +203,12 @@ class Shim:
         self._stdin_fd = stdin_fd
         self._stdout_fd = stdout_fd
 
-    async def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Send the job; return the shim's first report (started, created or error).
+    async def run(
+        self, job: dict[str, Any], meanwhile: Callable[[], None] | None = None
+    ) -> dict[str, Any]:
+        """Send the job; return the shim's first report (started or error).
 
-        Our end of its stdin stays open until ``release``: the shim waits for that
-        before its cleanup, so it never deletes a container we are still starting.
+        ``meanwhile`` runs once the job is sent, while the shim works.
         """
         data = (json.dumps(job) + "\n").encode()
         events = trio.lowlevel.FdStream(self._stdout_fd)
@@ -177,6 +219,8 @@ class Shim:
                     _write_all(self._stdin_fd, data)
                 else:
                     await trio.to_thread.run_sync(_write_all, self._stdin_fd, data)
+            if meanwhile is not None:
+                meanwhile()  # e.g. make the next spare while this one starts the container
             buffer = b""
             while b"\n" not in buffer:
                 chunk = await events.receive_some(65536)
@@ -189,7 +233,7 @@ class Shim:
             await events.aclose()
 
     def release(self) -> None:
-        """Done starting: let the shim clean up after the container when it ends."""
+        """Close our end of the shim's stdin: we will send it nothing more."""
         if self._stdin_fd >= 0:
             os.close(self._stdin_fd)
             self._stdin_fd = -1
@@ -216,10 +260,15 @@ class ShimPool:
         self._spare: Shim | None = None
         self._spare_file = spare_file
         self._reap: list[int] = []  # pidfds of discarded spares, reaped when they are done
+        # Leaving SCHED_IDLE needs CAP_SYS_NICE; without it spares start at normal priority.
+        self._can_unidle = os.geteuid() == 0
         if not SHIM_PATH.is_file():
             raise RuntimeNotFoundError(f"the monitor script is missing: {SHIM_PATH}")
 
-    def spawn(self) -> Shim:
+    def spawn(self, *, idle: bool = False) -> Shim:
+        """A new shim; ``idle`` ones start at SCHED_IDLE, so warming up a spare never
+        takes CPU from real work (``take`` raises it to normal before it gets a job)."""
+        idle = idle and self._can_unidle
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -238,6 +287,9 @@ class ShimPool:
         finally:
             for fd in (stdin_r, stdout_w, devnull):
                 os.close(fd)
+        if idle:
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
         pidfd = os.pidfd_open(pid)
         return Shim(pid, pidfd, stdin_w, stdout_r)
 
@@ -245,11 +297,16 @@ class ShimPool:
         """The spare if there is one (a new one is made by ``refill``), else a new shim."""
         self._collect()
         shim, self._spare = self._spare, None
-        return shim if shim is not None else self.spawn()
+        if shim is None:
+            return self.spawn()
+        if self._can_unidle:
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(shim.pid, os.SCHED_OTHER, os.sched_param(0))
+        return shim
 
     def refill(self) -> None:
         if self._spare is None:
-            self._spare = self.spawn()
+            self._spare = self.spawn(idle=True)
             with contextlib.suppress(OSError):
                 self._spare_file.write_text(f"{self._spare.pid} {self._spare.start_time}\n")
 

@@ -112,9 +112,6 @@ class ShimDriver:
         """Make what the container needs on disk and return the shim's job."""
         raise NotImplementedError
 
-    async def after_start(self, record: Record, event: dict[str, Any]) -> None:
-        """Called once the shim reported; the oci driver runs ``runtime start`` here."""
-
     async def start_failed(self, record: Record, event: dict[str, Any]) -> str:
         """The one-line reason a start failed."""
         return str(event.get("message") or "the container could not be started")
@@ -125,9 +122,6 @@ class ShimDriver:
 
     async def cleanup(self, record: Record) -> None:
         """Release what the shim could not (runtime state, mounts) before files go."""
-
-    def is_created(self, record: Record) -> bool:
-        return False
 
     # -- Driver ----------------------------------------------------------------------
 
@@ -161,16 +155,15 @@ class ShimDriver:
             # spec.json last: a directory with it is a container to adopt.
             (directory / "spec.json").write_text(json.dumps(spec.to_dict()))
             try:
-                event = await shim.run(job)
+                event = await shim.run(job, meanwhile=self._pool.refill)
                 if event.get("event") == "error":
                     shim.release()
                     with trio.move_on_after(KILL_TIMEOUT):
                         await record.shim.wait()
                     raise StartError(f"{spec.id}: {await self.start_failed(record, event)}")
                 record.main_pid = int(event["pid"])
-                record.main_pidfd = open_pidfd(record.main_pid)
+                record.main_pidfd = open_pidfd(record.main_pid, event.get("start_time"))
                 record.started_at = float(event["started_at"])
-                await self.after_start(record, event)
             finally:
                 shim.release()
         except BaseException:
@@ -329,7 +322,7 @@ class ShimDriver:
             finished_at = info.get("finished_at")
             state = "exited" if exit_code is not None else "unknown"
             pid = None
-        elif record.main_pid is None or self.is_created(record):
+        elif record.main_pid is None:
             state = "created"
         else:
             state = "running"

@@ -1,9 +1,9 @@
 """The ``oci`` driver: containers through an OCI runtime's CLI (youki, runc, crun).
 
 For each container it writes a bundle (``config.json`` + root filesystem) in the
-container's directory and hands ``<runtime> create`` to a per-container shim
-(``shim.py``), which owns the container's output and records its exit code; the
-agent then runs ``<runtime> start``. Every runtime call uses this driver's own
+container's directory and hands ``<runtime> create`` and ``start`` to a
+per-container shim (``shim.py``), which owns the container's output, records its
+exit code and deletes it from the runtime when it ends. Every runtime call uses this driver's own
 ``--root``, ``--log <file> --log-format json`` (the runtime's errors reach the user
 as one line), a container id ``<prefix>-<id>`` and ``cgroupsPath``
 ``/hypha/<prefix>/<id>``, so several agents on one host never collide.
@@ -249,6 +249,7 @@ class OciDriver(ShimDriver):
             "cwd": str(bundle),
             "pid_file": str(directory / "container.pid"),
             "oom_files": oom_files,
+            "start_argv": self.runtime_argv(runtime_log, "start", cid),
             "cleanup": [self.runtime_argv(runtime_log, "delete", "--force", cid)],
             "umount": umount,
             "rmdirs": rmdirs,
@@ -350,25 +351,11 @@ class OciDriver(ShimDriver):
             },
         }
 
-    async def after_start(self, record: Record, event: dict[str, Any]) -> None:
-        runtime_log = record.dir / "runtime.log"
-        argv = self.runtime_argv(runtime_log, "start", self.container_id(record.spec.id))
-        result = await self._run(argv)
-        if result.returncode != 0:
-            why = runtime_error(runtime_log, result.stderr.decode(errors="replace"))
-            raise StartError(f"{record.spec.id}: {self._runtime.name} start: {why}")
-        (record.dir / "started").touch()
-        record.extra["started"] = True
-
     async def start_failed(self, record: Record, event: dict[str, Any]) -> str:
+        stage = event.get("stage", "create")
         if "message" in event:
-            return f"{self._runtime.name} create: {event['message']}"
-        return f"{self._runtime.name} create: {runtime_error(record.dir / 'runtime.log')}"
-
-    def is_created(self, record: Record) -> bool:
-        if not record.extra.get("started"):
-            record.extra["started"] = (record.dir / "started").exists()
-        return not record.extra["started"]
+            return f"{self._runtime.name} {stage}: {event['message']}"
+        return f"{self._runtime.name} {stage}: {runtime_error(record.dir / 'runtime.log')}"
 
     async def cleanup(self, record: Record) -> None:
         if not (record.dir / "cleaned").exists():

@@ -9,9 +9,11 @@ shim waiting, so a container start does not pay for the interpreter's start.
 2. It starts the job's ``argv`` (the command itself for the process driver,
    ``runc create`` for the oci driver) with stdin on /dev/null and stdout + stderr
    on one pipe that it drains from the start into size-rotated log files, so the
-   container never blocks on a full pipe and never writes into a dead agent.
-3. It tells the agent ``started``/``created`` (with the pid) on stdout, and also
-   writes ``started.json``, so an agent that restarts can find it.
+   container never blocks on a full pipe and never writes into a dead agent. For
+   the oci driver it then runs ``runc start`` itself: once it has the job, the
+   container starts whether or not the agent is still there.
+3. It tells the agent ``started`` (with the pid and its start time) on stdout, and
+   also writes ``started.json``, so an agent that restarts can find it.
 4. When the container's main process ends it records the real exit status
    (128 + signal for a signal; the OOM killer's count from the cgroup) in
    ``exit.json`` (atomically), then runs the job's cleanup (``runc delete``, unmount,
@@ -36,7 +38,6 @@ from typing import Any
 PR_SET_CHILD_SUBREAPER = 36
 MNT_DETACH = 2
 DRAIN_AFTER_EXIT = 2.0  # seconds to keep reading output left by the container's children
-START_TIMEOUT = 120.0  # the longest an agent may take between create and start
 
 
 class RotatingLog:
@@ -80,12 +81,21 @@ class RotatingLog:
 
 
 def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    """Never half-written. Not fsynced: it must outlive the agent, not the host (the
+    containers die with the host anyway), and an fsync costs milliseconds on a disk."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+DIAGNOSTICS = ""  # shim.log in the container's directory, made only if there is a complaint
+
+
+def complain(message: str) -> None:
+    if DIAGNOSTICS:
+        with open(DIAGNOSTICS, "a") as f:
+            f.write(f"{time.time():.3f} shim: {message}\n")
 
 
 def report(event: dict[str, Any]) -> None:
@@ -163,6 +173,23 @@ def proc_start_time(pid: int) -> int | None:
     return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
+def children() -> list[int]:
+    """Our living or unreaped children, from /proc."""
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(b")") + 2 :].split()[1]) == me:
+            found.append(int(entry))
+    return found
+
+
 def read_pid_file(path: str) -> int:
     with open(path) as f:
         return int(f.read().strip())
@@ -182,19 +209,6 @@ def oom_kills(paths: list[str]) -> int:
     return 0
 
 
-def wait_until_closed(fd: int, timeout: float) -> None:
-    """Wait for end of file on ``fd`` (the agent finished, or died), at most ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            try:
-                if not os.read(fd, 4096):
-                    return
-            except OSError:
-                return
-
-
 def run_cleanup(job: dict[str, Any], libc: Any) -> bool:
     ok = True
     for argv in job.get("cleanup") or []:
@@ -203,13 +217,13 @@ def run_cleanup(job: dict[str, Any], libc: Any) -> bool:
             _, status = os.waitpid(pid, 0)
             ok = ok and os.waitstatus_to_exitcode(status) == 0
         except OSError as exc:
-            print(f"shim: cleanup {argv[0]} failed: {exc}", file=sys.stderr)
+            complain(f"cleanup {argv[0]} failed: {exc}")
             ok = False
     for target in job.get("umount") or []:
         if libc.umount2(target.encode(), MNT_DETACH) != 0:
             err = ctypes.get_errno()
             if err not in (errno.EINVAL, errno.ENOENT):
-                print(f"shim: umount {target}: {os.strerror(err)}", file=sys.stderr)
+                complain(f"umount {target}: {os.strerror(err)}")
                 ok = False
     for directory in job.get("rmdirs") or []:  # deepest first; only empty ones go
         with contextlib.suppress(OSError):
@@ -234,14 +248,11 @@ def main() -> int:
         return 0  # the agent closed us without a job
     job = json.loads(line)
     directory = job["dir"]
-    # The agent closes its end of our stdin once it is done starting the container.
-    starting = os.dup(0)
     devnull = os.open("/dev/null", os.O_RDWR)
     os.dup2(devnull, 0)
-    diag = os.open(os.path.join(directory, "shim.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(diag, 2)
-    os.close(diag)
     os.close(devnull)
+    global DIAGNOSTICS
+    DIAGNOSTICS = os.path.join(directory, "shim.log")
 
     log = RotatingLog(job["log_path"], int(job["log_max_bytes"]), int(job["log_backups"]))
     log_r, log_w = os.pipe()
@@ -296,33 +307,47 @@ def main() -> int:
 
     main_pid = first_pid
     open_output = True
-    if job["mode"] == "oci":
-        # Wait for `runc create` itself: the container's init is then our child.
-        while first_pid not in statuses:
+
+    def wait_for(pid: int) -> int:
+        nonlocal open_output
+        while pid not in statuses:
             open_output = pump() and open_output
-        code = exit_code_of(statuses.pop(first_pid))
+        return exit_code_of(statuses.pop(pid))
+
+    def fail(stage: str, code: int) -> int:
+        nonlocal open_output
+        deadline = time.monotonic() + 0.5
+        while open_output and time.monotonic() < deadline:
+            open_output = pump(deadline)
+        write_json_atomic(
+            os.path.join(directory, "exit.json"),
+            {"exit_code": None, "error": f"{stage} exited {code}", "finished_at": time.time()},
+        )
+        report({"event": "error", "stage": stage, "code": code})
+        run_cleanup(job, libc)
+        reap()
+        return 0
+
+    if job["mode"] == "oci":
+        # `runc create`: when it has exited, the container's init is our child...
+        code = wait_for(first_pid)
         if code != 0:
-            deadline = time.monotonic() + 0.5
-            while open_output and time.monotonic() < deadline:
-                open_output = pump(deadline)
-            write_json_atomic(
-                os.path.join(directory, "exit.json"),
-                {"exit_code": None, "error": f"create exited {code}", "finished_at": time.time()},
-            )
-            report({"event": "error", "code": code})
-            wait_until_closed(starting, START_TIMEOUT)
-            run_cleanup(job, libc)
-            return 0
+            return fail("create", code)
         main_pid = read_pid_file(job["pid_file"])
-        event = "created"
-    else:
-        event = "started"
+        # ...then `runc start` from here, so an agent dying now changes nothing.
+        quiet = os.open("/dev/null", os.O_WRONLY)
+        start_pid, error = spawn({"argv": job["start_argv"], "env": job.get("env")}, quiet)
+        os.close(quiet)
+        code = 127 if error is not None else wait_for(start_pid)
+        if code != 0:
+            with contextlib.suppress(OSError):
+                os.kill(main_pid, signal.SIGKILL)
+            wait_for(main_pid)
+            return fail("start", code)
     started_at = time.time()
-    write_json_atomic(
-        os.path.join(directory, "started.json"),
-        {"pid": main_pid, "started_at": started_at, "start_time": proc_start_time(main_pid)},
-    )
-    report({"event": event, "pid": main_pid, "started_at": started_at})
+    started = {"pid": main_pid, "started_at": started_at, "start_time": proc_start_time(main_pid)}
+    write_json_atomic(os.path.join(directory, "started.json"), started)
+    report({"event": "started", **started})
 
     while main_pid not in statuses:
         if open_output:
@@ -331,12 +356,20 @@ def main() -> int:
             pump()
     status = statuses[main_pid]
     if job.get("own_group"):
-        with contextlib.suppress(OSError):  # what the command left in its group
+        # What the command left behind dies with it: its group, and whatever
+        # escaped the group but was re-parented to us (we are its subreaper).
+        with contextlib.suppress(OSError):
             os.killpg(main_pid, signal.SIGKILL)
+        for pid in children():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + DRAIN_AFTER_EXIT
     while open_output and time.monotonic() < deadline:
         open_output = pump(deadline)
     reap()
+    while children() and time.monotonic() < deadline:  # reap them, or the agent inherits zombies
+        time.sleep(0.01)
+        reap()
     log.close()
     finished_at = time.time()
     result = {
@@ -348,7 +381,6 @@ def main() -> int:
     }
     write_json_atomic(os.path.join(directory, "exit.json"), result)
     report({"event": "exited", **result})
-    wait_until_closed(starting, START_TIMEOUT)
     if run_cleanup(job, libc):
         with open(os.path.join(directory, "cleaned"), "w"):
             pass
@@ -357,4 +389,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except BaseException:
+        import traceback
+
+        complain(traceback.format_exc())
+        code = 1
+    os._exit(code)  # no interpreter teardown: the agent is waiting for our exit

@@ -79,6 +79,15 @@ async def collect(it: AsyncIterator[bytes]) -> bytes:
     return out
 
 
+async def wait_for_output(dut: DriverUnderTest, container_id: str, expected: bytes) -> None:
+    """Poll the container's log until it contains ``expected`` (mock: nothing to wait for)."""
+    if dut.kind == "mock":
+        return
+    with trio.fail_after(30):
+        while expected not in await collect(dut.driver.logs(container_id)):
+            await trio.sleep(0.02)
+
+
 async def test_exit_code_and_logs(dut: DriverUnderTest) -> None:
     script = "echo hello world" if dut.kind == "mock" else "echo hello world; exit 0"
     status = await dut.driver.start(dut.spec("hello", script, labels={"app": "x"}))
@@ -99,10 +108,10 @@ async def test_nonzero_exit_code(dut: DriverUnderTest) -> None:
 
 
 async def test_stop_honours_term(dut: DriverUnderTest) -> None:
-    script = "run" if dut.kind == "mock" else "trap 'exit 143' TERM; sleep 1000 & wait"
+    script = "run" if dut.kind == "mock" else "trap 'exit 143' TERM; echo ready; sleep 1000 & wait"
     status = await dut.driver.start(dut.spec("term", script))
     assert status.state == "running" and status.pid
-    await trio.sleep(0.2)  # let the shell set its trap
+    await wait_for_output(dut, "term", b"ready")  # the shell has set its trap
     assert await dut.driver.stop("term", grace=30) == 143
     [listed] = await dut.driver.list()
     assert listed.state == "exited" and listed.exit_code == 143
@@ -110,9 +119,9 @@ async def test_stop_honours_term(dut: DriverUnderTest) -> None:
 
 
 async def test_stop_escalates_to_kill(dut: DriverUnderTest) -> None:
-    script = "ignore-term" if dut.kind == "mock" else "trap '' TERM; sleep 1000"
+    script = "ignore-term" if dut.kind == "mock" else "trap '' TERM; echo ready; sleep 1000"
     await dut.driver.start(dut.spec("stubborn", script))
-    await trio.sleep(0.2)
+    await wait_for_output(dut, "stubborn", b"ready")
     assert await dut.driver.stop("stubborn", grace=0.3) == 137
     assert await dut.driver.wait("stubborn") == 137
     await dut.driver.remove("stubborn")
