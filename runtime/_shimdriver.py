@@ -303,9 +303,8 @@ class ShimDriver:
             return
         watch = PidWatch(record.main_pid or 0, os.dup(record.main_pidfd))
         try:
-            with trio.move_on_after(0.5):
-                await watch.wait()
-            record.lost_code = watch.reaped_code
+            await watch.wait()  # still running: it is ours to wait for now
+            record.lost_code = watch.reaped_code  # None if it went to another reaper
         finally:
             watch.close()
 

@@ -98,6 +98,8 @@ async def bench(runs: int, concurrent: int, runtime: Path) -> list[tuple[str, st
     set_child_subreaper()
     try:
         rows.append(("runtime", f"{driver.version} ({runtime})"))
+        load = os.getloadavg()
+        rows.append(("host", f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at start"))
         # A bundle exactly like the driver's, for bare runc.
         bare_dir = state_dir / "bare"
         bundle = bare_dir / "bundle"
