@@ -207,6 +207,8 @@ class GossipNode:
         self._probe: _Probe | None = None
         self._probe_order: list[str] = []
         self._relays: dict[int, _Relay] = {}
+        self._syn_ranges: dict[Address, tuple[str, str | None]] = {}
+        self._catching_up: set[Address] = set()
         self._awareness = 0
         self._version = 0  # our own key space's version counter
         self._tombstones: deque[tuple[float, str, int, str, int]] = deque()
@@ -300,11 +302,24 @@ class GossipNode:
             return
         self._write_own(key, None, now)
 
+    def preload(self, members: Iterable[tuple[str, int, int, Address]], now: float) -> None:
+        """Take (name, generation, incarnation, address) as alive members without
+        events or gossip: a simulator's converged start, or a persisted snapshot.
+        Known members are left alone; the protocol corrects anything stale."""
+        added = False
+        for name, generation, incarnation, address in members:
+            if name not in self._nodes:
+                self._nodes[name] = _Node(name, generation, incarnation, address, "alive", now)
+                added = True
+        if added:
+            self._membership_changed()
+
     def join(self, seeds: Iterable[Address], now: float) -> list[Outgoing]:
         """Send a sync (carrying who we are) to every seed; answers teach us the cluster."""
         for seed in seeds:
             if seed == self._me.address:
                 continue
+            self._catching_up.add(seed)
             self._send_syn(seed, lo_index=0)
         return self._take_out()
 
@@ -380,10 +395,11 @@ class GossipNode:
         elif isinstance(msg, wire.Syn):
             self._on_syn(msg, source)
         elif isinstance(msg, wire.SynAck):
-            self._apply_delta(msg.delta, sender.name, now)
+            learned = self._apply_delta(msg.delta, sender.name, now)
             delta = self._build_delta(msg.lo, msg.hi, msg.digest, self._budget - 64)
             if delta:
                 self._emit(source, wire.Delta(delta))
+            self._catch_up(source, learned)
         elif isinstance(msg, wire.Delta):
             self._apply_delta(msg.delta, sender.name, now)
         self._notice(sender, source, now)
@@ -416,7 +432,7 @@ class GossipNode:
                 self._at(now + self.config.gossip_interval, _GOSSIP, None)
             elif kind == _SYNC:
                 self._sync_round()
-                self._at(now + self.config.sync_interval, _SYNC, None)
+                self._at(now + self._sync_interval(), _SYNC, None)
             elif kind == _HOUSEKEEPING:
                 self._housekeeping(now)
                 self._at(now + 1.0, _HOUSEKEEPING, None)
@@ -430,6 +446,15 @@ class GossipNode:
     def _at(self, when: float, kind: int, arg: object) -> None:
         self._timer_seq += 1
         heapq.heappush(self._timers, (when, self._timer_seq, kind, arg))
+
+    def _sync_interval(self) -> float:
+        """``sync_interval``, stretched by 1 + ceil(log2(N/64)) above 64 members: in a
+        big cluster piggybacking carries the changes and anti-entropy only repairs,
+        so each node's sync cost stays flat as N grows (memberlist scales its
+        push-pull the same way)."""
+        n = self.cluster_size()
+        stretch = 1 + max(0, math.ceil(math.log2(n / 64))) if n > 64 else 1
+        return self.config.sync_interval * stretch
 
     def _reconnect_interval(self) -> float:
         return self.config.probe_interval * 10
@@ -579,7 +604,9 @@ class GossipNode:
         self._nudge_awareness(+1)
         self._queue_alive(me)
 
-    def _apply_alive(self, msg: wire.Alive, now: float) -> None:
+    def _apply_alive(self, msg: wire.Alive, now: float, *, spread: bool = True) -> None:
+        """``spread``: queue the news for gossip (not when a sync taught it: the peer
+        that synced with us already knew, and so do most others)."""
         if msg.name == self.name:
             if (
                 msg.generation == self.generation
@@ -597,7 +624,8 @@ class GossipNode:
             self._nodes[msg.name] = node
             self._membership_changed()
             self._event("joined", node)
-            self._queue_alive(node)
+            if spread:
+                self._queue_alive(node)
             return
         if msg.generation < node.generation:
             return
@@ -616,7 +644,8 @@ class GossipNode:
             for key in sorted(removed):
                 self._events.append(KeyChanged(node.name, key, None))
             self._event("joined", node)
-            self._queue_alive(node)
+            if spread:
+                self._queue_alive(node)
             return
         if msg.incarnation <= node.incarnation:
             return
@@ -629,7 +658,8 @@ class GossipNode:
             node.since = now
             self._membership_changed()
             self._event("joined" if came_back else "alive", node)
-        self._queue_alive(node)
+        if spread:
+            self._queue_alive(node)
 
     def _apply_suspect(self, msg: wire.Suspect, now: float) -> None:
         if msg.name == self.name:
@@ -824,7 +854,28 @@ class GossipNode:
         names = self._sorted_names()
         lo = "" if lo_index == 0 else names[lo_index]
         hi, digest = self._digest(lo_index, self._budget - 96)
+        self._syn_ranges[address] = (lo, hi)
         self._emit(address, wire.Syn(lo, hi, digest))
+
+    def _catch_up(self, peer: Address, learned: int) -> None:
+        """Chain syncs with a peer while they teach us something: a joiner (or a node
+        back from a partition) walks the whole name space in round trips instead of
+        one range per sync interval. A sync that teaches nothing ends the chain."""
+        sent = self._syn_ranges.pop(peer, None)
+        if sent is None:
+            return
+        lo, hi = sent
+        names = self._sorted_names()
+        if learned:
+            self._catching_up.add(peer)
+            self._count("sync_chained")
+            self._send_syn(peer, bisect_left(names, lo) if lo else 0)
+        elif peer in self._catching_up:
+            if hi is None:
+                self._catching_up.discard(peer)
+            else:
+                self._count("sync_chained")
+                self._send_syn(peer, bisect_left(names, hi))
 
     def _sync_round(self) -> None:
         if self._leaving:
@@ -835,7 +886,10 @@ class GossipNode:
         target = self._nodes[self.rng.choice(peers)]
         self._count("syncs")
         names = self._sorted_names()
-        self._send_syn(target.address, self.rng.randrange(len(names)))
+        # A digest holds about `span` entries from its start; drawing the start from
+        # [-span, N) (clamped at 0) covers every name equally often, the first ones too.
+        span = (self._budget - 96) // 28
+        self._send_syn(target.address, max(0, self.rng.randrange(-span, len(names))))
 
     def _reconnect(self) -> None:
         """Try one member we hold dead: if it is back (a healed partition), the
@@ -941,7 +995,9 @@ class GossipNode:
             entries,
         )
 
-    def _apply_delta(self, delta: Sequence[wire.NodeDelta], sender: str, now: float) -> None:
+    def _apply_delta(self, delta: Sequence[wire.NodeDelta], sender: str, now: float) -> int:
+        """Apply a delta; return how many members and entries were news to us."""
+        learned = 0
         for d in delta:
             state = _BY_CODE[d.status]
             if d.name == self.name:
@@ -957,7 +1013,8 @@ class GossipNode:
                 continue
             alive = wire.Alive(d.name, d.generation, d.incarnation, d.address)
             if state == "alive" or known is None or d.generation > known.generation:
-                self._apply_alive(alive, now)
+                learned += known is None or d.generation > known.generation
+                self._apply_alive(alive, now, spread=False)
             if state == "suspect" or state == "dead":
                 # Like memberlist's state merge: another's "dead" only makes us suspect,
                 # so one confused member cannot kill a healthy node everywhere.
@@ -975,12 +1032,13 @@ class GossipNode:
                 node.watermark = 0
                 node.gc_version = max(node.gc_version, d.gc_version)
             for key, value, version in d.entries:
-                self._store(node, key, value, version, now)
+                learned += self._store(node, key, value, version, now)
             if d.complete:
                 node.watermark = max(node.watermark, d.max_version)
             elif d.entries:
                 # Entries above the sender's own watermark may sit beyond a hole it has.
                 node.watermark = max(node.watermark, min(d.entries[-1][2], d.max_version))
+        return learned
 
     # -- dissemination ------------------------------------------------------------
 

@@ -47,7 +47,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS), default="lan")
     p.add_argument("--cluster", default="hypha")
     p.add_argument("--status", type=Path, help="write the member view here as JSON")
-    p.add_argument("--status-interval", type=float, default=0.2)
+    p.add_argument(
+        "--defer-join",
+        action="store_true",
+        help="join the --join seeds only on SIGUSR1 (benchmarks time the protocol, not startup)",
+    )
     return p.parse_args(argv)
 
 
@@ -64,12 +68,15 @@ async def main(args: argparse.Namespace) -> None:
         config, name=args.name, bind=args.bind, advertise=args.advertise, keyring=keyring
     )
     events: dict[str, int] = {}
+    changed = trio.Event()
 
     async def watch_events() -> None:
+        nonlocal changed
         async for event in service.subscribe(buffer=65536):
             if isinstance(event, MemberEvent):
                 key = f"{event.kind}:{event.member.name}"
                 events[key] = events.get(key, 0) + 1
+                changed.set()
 
     def status() -> dict[str, Any]:
         return {
@@ -93,19 +100,30 @@ async def main(args: argparse.Namespace) -> None:
         }
 
     async def report() -> None:
+        # Written at once when membership changes (so pollers see changes promptly),
+        # and every second anyway for the counters.
+        nonlocal changed
         while True:
             write_json(args.status, status())
-            await trio.sleep(args.status_interval)
+            with trio.move_on_after(1.0):
+                await changed.wait()
+            changed = trio.Event()
+            await trio.sleep(0.02)  # coalesce a burst of events into one write
 
     async with trio.open_nursery() as nursery:
         await nursery.start(service.serve)
         nursery.start_soon(watch_events)
         if args.status:
             nursery.start_soon(report)
-        if args.join:
+        if args.join and not args.defer_join:
             await service.join(args.join, args.join_timeout)
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        wanted = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+        with trio.open_signal_receiver(*wanted) as signals:
             async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    if args.join:
+                        nursery.start_soon(service.join, args.join, args.join_timeout)
+                    continue
                 if signum == signal.SIGHUP:
                     try:
                         keyring.replace(Keyring.load(args.keyring))

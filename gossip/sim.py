@@ -111,6 +111,16 @@ class Simulation:
         self._schedule(name)
         return node
 
+    def bootstrap(self, names: Iterable[str]) -> None:
+        """Start ``names`` as an already converged cluster (each preloaded with all)."""
+        names = list(names)
+        for name in names:
+            self.add_node(name)
+        everyone = [(n, self.nodes[n].generation, 0, self.address_of(n)) for n in names]
+        for name in names:
+            self.nodes[name].preload(everyone, self.now)
+            self._schedule(name)
+
     def crash(self, name: str) -> None:
         """The node stops dead: no more ticks, packets to it vanish."""
         self._down.add(name)
