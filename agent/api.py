@@ -47,11 +47,12 @@ from agent.errors import (
     NotLeaderError,
     RuntimeUnavailableError,
 )
-from agent.peer import FORWARDED_HEADER, PeerClient
+from agent.peer import FORWARDED_HEADER, PeerClient, PeerConnectError
 
 log = logging.getLogger("hypha.api")
 
 MAX_REQUEST_BODY = 1024 * 1024
+FORWARD_RETRY_SECONDS = 15.0
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -258,12 +259,9 @@ class ApiApp:
                 continue
             params = {k: unquote(v) for k, v in match.groupdict().items()}
             request = Request(scope, body, params)
-            try:
+            if not write or FORWARDED_HEADER in request.headers:
                 return await handler(request)
-            except NotLeaderError as exc:
-                if not write or FORWARDED_HEADER in request.headers:
-                    raise
-                return await self._forward(request, exc)
+            return await self._write(handler, request)
         if allowed:
             return JsonResponse(
                 {
@@ -273,6 +271,22 @@ class ApiApp:
                 405,
             )
         return JsonResponse({"error": f"no such API route: {method} {path}", "status": 404}, 404)
+
+    async def _write(self, handler: Handler, request: Request) -> JsonResponse | StreamResponse:
+        """Run a write here if this agent leads, else forward it to the leader. A leader
+        that cannot be connected to (it just died) is looked up again for a while:
+        nothing was sent to it, so trying the next leader is safe."""
+        deadline = trio.current_time() + FORWARD_RETRY_SECONDS
+        while True:
+            try:
+                return await handler(request)
+            except NotLeaderError as exc:
+                try:
+                    return await self._forward(request, exc)
+                except PeerConnectError:
+                    if trio.current_time() >= deadline:
+                        raise
+                    await trio.sleep(0.5)
 
     async def _forward(self, request: Request, exc: NotLeaderError) -> JsonResponse:
         if exc.leader_api is None:

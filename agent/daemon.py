@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
 import signal
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -67,6 +69,9 @@ PROPOSE_TIMEOUT = 10.0
 JOIN_TIMEOUT = 30.0
 PUBLISH_INTERVAL = 5.0
 LEADER_WAIT = 5.0
+RAFT_SYNC_TIMEOUT = 30.0
+PEERS_FILE = "gossip-peers.json"
+PENDING_BYTES = 900
 
 
 def container_prefix(name: str) -> str:
@@ -132,6 +137,7 @@ class Agent:
                     on_report=self._publish_replicas,
                 )
                 self.leader_loop = self._make_leader_loop()
+                await self._wait_for_raft_sync()
                 reconciler_scope = trio.CancelScope()
                 await nursery.start(self._run_reconciler, reconciler_scope)
                 nursery.start_soon(self.leader_loop.run)
@@ -266,6 +272,45 @@ class Agent:
             except gossip.GossipError as exc:
                 raise GossipUnavailableError(f"join: {exc}") from exc
             log.info("joined the cluster", extra={"members": known})
+        else:
+            remembered = self._remembered_peers()
+            if remembered:
+                # A restart without --join: find the cluster where we last saw it.
+                try:
+                    known = await self.gossip.join(remembered, timeout=10.0)
+                    log.info("rejoined remembered peers", extra={"members": known})
+                except gossip.GossipError as exc:
+                    log.warning("no remembered peer answered", extra={"error": str(exc)})
+
+    def _peers_path(self) -> Path:
+        return self.config.data_dir / PEERS_FILE
+
+    def _remembered_peers(self) -> list[tuple[str, int]]:
+        try:
+            data = json.loads(self._peers_path().read_text())
+        except (OSError, ValueError):
+            return []
+        own = (self.advertise_host, self.gossip_port)
+        peers = []
+        for item in data if isinstance(data, list) else []:
+            if isinstance(item, list) and len(item) == 2:
+                address = (str(item[0]), int(item[1]))
+                if address != own:
+                    peers.append(address)
+        return peers
+
+    def _remember_peers(self) -> None:
+        peers = sorted(
+            [m.address[0], m.address[1]]
+            for m in self.gossip.members()
+            if m.state == "alive" and m.name != self.name
+        )
+        if not peers:
+            return
+        path = self._peers_path()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(peers))
+        os.replace(tmp, path)
 
     # -- raft --------------------------------------------------------------------------
     def _raft_addr(self) -> str:
@@ -315,6 +360,21 @@ class Agent:
         )
         await nursery.start(self.raft.serve)
         self.gossip.set("raft", encode(self.raft_address))
+
+    async def _wait_for_raft_sync(self) -> None:
+        """Before acting on placements, hear from a leader and apply what it committed:
+        a restarted agent's journal may be stale (its replicas may have moved), and
+        acting on it would start a replica that now runs elsewhere."""
+        with trio.move_on_after(RAFT_SYNC_TIMEOUT) as scope:
+            while not (
+                self.raft.leader is not None and self.raft.last_applied >= self.raft.commit_index
+            ):
+                await trio.sleep(0.05)
+        if scope.cancelled_caught:
+            log.warning(
+                "raft not in sync; reconciling from the local state",
+                extra={"timeout": RAFT_SYNC_TIMEOUT},
+            )
 
     def _raft_membership(self) -> list[str]:
         """Raft addresses of the members gossip sees alive, for the autopilot."""
@@ -440,6 +500,8 @@ class Agent:
         while True:
             await trio.sleep(PUBLISH_INTERVAL)
             self._publish_dynamic()
+            with contextlib.suppress(OSError):
+                self._remember_peers()
 
     # -- views -------------------------------------------------------------------------
     def _spec(self, name: str, version: int, spec_dict: Mapping[str, Any]) -> WorkloadSpec:
@@ -538,7 +600,20 @@ class Agent:
             commit_placements=commit_placements,
             remove_placements=remove_placements,
             commit_credits=commit_credits,
+            on_pending=self._publish_pending,
         )
+
+    def _publish_pending(self, pending: dict[str, str]) -> None:
+        """The leader tells everyone why replicas have no home (as much as fits a datagram)."""
+        shown: dict[str, str] = {}
+        size = 2
+        for rid in sorted(pending):
+            reason = pending[rid][:160]
+            size += len(rid) + len(reason) + 8
+            if size > PENDING_BYTES:
+                break
+            shown[rid] = reason
+        self._set_if_changed("pending", encode(shown))
 
     async def _propose_quietly(self, command: cstate.Command) -> dict[str, Any] | None:
         """The leader's own writes: a lost leadership or a timeout is retried next step."""
@@ -592,7 +667,7 @@ class Agent:
     async def list_replicas(self, workload: str | None) -> list[dict[str, Any]]:
         views = self.node_views()
         placements = {p.replica_id: p for p in self.state.placements()}
-        pending = self.leader_loop.pending if self.leader_loop is not None else {}
+        pending = self._pending_reasons()
         rows = []
         for record in sorted(self.state.workloads(), key=lambda r: r.name):
             if workload is not None and record.name != workload:
@@ -625,6 +700,16 @@ class Agent:
                         row["state"] = "lost"
                 rows.append(row)
         return rows
+
+    def _pending_reasons(self) -> dict[str, str]:
+        if self.raft.is_leader and self.leader_loop is not None:
+            return dict(self.leader_loop.pending)
+        leader = self.raft.leader or getattr(self.state, "leader", None)
+        for state in self.gossip.states().values():
+            if leader and _json(state.get("raft")) == leader:
+                found = _json(state.get("pending"))
+                return found if isinstance(found, dict) else {}
+        return {}
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         counts: dict[str, int] = {}
@@ -691,8 +776,9 @@ class Agent:
     async def status(self) -> dict[str, Any]:
         raft_status = dict(self.raft.status())
         leader_name = None
+        leader = self.raft.leader or getattr(self.state, "leader", None)
         for name, state in self.gossip.states().items():
-            if _json(state.get("raft")) == self.raft.leader:
+            if leader and _json(state.get("raft")) == leader:
                 leader_name = name
         raft_status.update(
             {
@@ -795,8 +881,6 @@ class Agent:
 
 
 def _json(text: Any) -> Any:
-    import json
-
     if text is None:
         return None
     try:

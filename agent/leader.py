@@ -235,6 +235,7 @@ class LeaderLoop:
         commit_placements: Callable[[int, list[tuple[str, str, int]]], Awaitable[Any]],
         remove_placements: Callable[[int, list[str]], Awaitable[Any]],
         commit_credits: Callable[[int, scheduler.Snapshot], Awaitable[Any]] | None = None,
+        on_pending: Callable[[dict[str, str]], None] | None = None,
         interval: float = 1.0,
         epoch_interval: float = 10.0,
         unknown_grace: float = 5.0,
@@ -246,6 +247,7 @@ class LeaderLoop:
         self._commit_placements = commit_placements
         self._remove_placements = remove_placements
         self._commit_credits = commit_credits
+        self._on_pending = on_pending
         self.interval = interval
         self.epoch_interval = epoch_interval
         self.unknown_grace = unknown_grace
@@ -265,7 +267,10 @@ class LeaderLoop:
                 await self._wake.wait()
             self._wake = trio.Event()
             if not self._is_leader():
+                if self._leading_since is not None and self._on_pending is not None:
+                    self._on_pending({})
                 self._leading_since = None
+                self.pending = {}
                 continue
             now = trio.current_time()
             if self._leading_since is None:
@@ -287,6 +292,8 @@ class LeaderLoop:
         )
         self.steps += 1
         self.pending = result.pending
+        if self._on_pending is not None:
+            self._on_pending(result.pending)
         if result.paused != self.paused and result.paused:
             log.warning("rescheduling paused", extra={"reason": result.paused})
         self.paused = result.paused

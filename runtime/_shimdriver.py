@@ -344,6 +344,7 @@ class ShimDriver:
                     await record.shim.wait()
             if record.shim.pidfd is not None:
                 try_reap(record.shim.pidfd)
+            self._exit_info(record)  # keep the exit code for waiters still holding the record
             await self.cleanup(record)
             record.close()
             self._records.pop(container_id, None)

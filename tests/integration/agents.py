@@ -308,7 +308,7 @@ class LocalCluster:
         # own with --stop-on-exit so it adopts and stops them, then terminate it.
         leftovers = self.host_processes()
         for agent in self.agents:
-            if agent.name in leftovers or (self.driver == "oci" and agent.data_dir.exists()):
+            if agent.name in leftovers:
                 try:
                     agent.start(stop_on_exit=True, wait=True, alone=True)
                 except AssertionError:
