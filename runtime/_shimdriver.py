@@ -34,6 +34,7 @@ from runtime._monitor import (
     PidWatch,
     ShimPool,
     open_pidfd,
+    pidfd_exited,
     read_json,
     read_logs,
     send_signal,
@@ -180,6 +181,20 @@ class ShimDriver:
             labels=spec.labels,
         )
 
+    def _running(self, record: Record) -> bool:
+        """The container lives: its shim does, or (the shim was killed) its main process."""
+        if not record.shim.poll():
+            return True
+        if self._exit_code(record) is not None or record.main_pidfd is None:
+            return False
+        return not pidfd_exited(record.main_pidfd)
+
+    async def _gone(self, record: Record) -> None:
+        """Wait until the shim and the container have both ended."""
+        await record.shim.wait()
+        if self._exit_code(record) is None:
+            await self._recover_lost_exit(record)
+
     async def wait(self, container_id: str) -> int:
         record = self._get(container_id)
         await record.shim.wait()
@@ -196,15 +211,15 @@ class ShimDriver:
         if record is None:
             await trio.lowlevel.checkpoint()
             return None
-        if not record.shim.poll():
+        if self._running(record):
             self.signal(record, signal.SIGTERM)
             with trio.move_on_after(max(0.0, grace)):
-                await record.shim.wait()
-            if not record.shim.poll():
+                await self._gone(record)
+            if self._running(record):
                 self.signal(record, signal.SIGKILL)
                 with trio.move_on_after(KILL_TIMEOUT):
-                    await record.shim.wait()
-                if not record.shim.done:
+                    await self._gone(record)
+                if self._running(record):
                     raise RuntimeFailedError(
                         f"{container_id}: still running {KILL_TIMEOUT:.0f}s after SIGKILL"
                     )
@@ -215,7 +230,7 @@ class ShimDriver:
 
     async def remove(self, container_id: str) -> None:
         record = self._get(container_id)
-        if not record.shim.poll():
+        if self._running(record):
             await self.stop(container_id, 0)
         await self._discard(container_id, record.dir, record)
 
@@ -314,7 +329,9 @@ class ShimDriver:
         oom = False
         finished_at = None
         pid = record.main_pid
-        if record.shim.poll():
+        if record.shim.poll() and self._running(record):
+            state = "running"  # its shim was killed; the container still runs
+        elif record.shim.poll():
             info = self._exit_info(record) or {}
             exit_code = self._exit_code(record)
             oom = bool(info.get("oom_killed", False))
@@ -338,10 +355,10 @@ class ShimDriver:
 
     async def _discard(self, container_id: str, directory: Path, record: Record | None) -> None:
         if record is not None:
-            if not record.shim.poll():
+            if self._running(record):
                 self.signal(record, signal.SIGKILL)
                 with trio.move_on_after(KILL_TIMEOUT):
-                    await record.shim.wait()
+                    await self._gone(record)
             if record.shim.pidfd is not None:
                 try_reap(record.shim.pidfd)
             self._exit_info(record)  # keep the exit code for waiters still holding the record

@@ -4,6 +4,7 @@ runtime errors, two agents on one host, and re-adoption after ``kill -9``."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -311,3 +312,19 @@ async def test_open_driver_auto_says_which_and_why(monkeypatch: pytest.MonkeyPat
         assert driver.version.startswith("runc ") and "asked for" in why
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+async def test_a_killed_shim_loses_nothing(oci: DriverUnderTest) -> None:
+    """The container becomes the agent's child: stop, exit code and cleanup still work."""
+    await oci.driver.start(oci.spec("headless", "echo up; sleep 1000"))
+    with trio.fail_after(30):
+        while await output(oci, "headless") != b"up\n":  # the shim has logged it
+            await trio.sleep(0.02)
+    info = json.loads((oci.state_dir / "oci/containers/headless/shim.json").read_text())
+    os.kill(info["pid"], signal.SIGKILL)
+    await trio.sleep(0.2)
+    [status] = await oci.driver.list()
+    assert status.state == "running"
+    assert await oci.driver.stop("headless", grace=0.2) == 137
+    assert await output(oci, "headless") == b"up\n"
+    await oci.driver.remove("headless")  # runc delete, cgroups: checked by the fixture
