@@ -417,7 +417,8 @@ def row(r: Result) -> str:
     )
 
 
-def plot(results: Sequence[Result], path: Path, nodes: int, sizes: str) -> bool:
+def plot(results: Sequence[Result], path: Path, nodes: int) -> bool:
+    """Imbalance (CV) and failed placements against utilisation, one row per node mix."""
     try:
         import matplotlib
 
@@ -429,33 +430,37 @@ def plot(results: Sequence[Result], path: Path, nodes: int, sizes: str) -> bool:
             file=sys.stderr,
         )
         return False
-    chosen = [
-        r
-        for r in results
-        if r.scenario.nodes == nodes and r.scenario.sizes == sizes and r.scenario.lag == 0
-    ]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for strategy in STRATEGIES:
-        rs = sorted((r for r in chosen if r.strategy == strategy), key=lambda r: r.scenario.util)
-        if not rs:
-            continue
-        xs = [100 * r.scenario.util for r in rs]
-        style = "-o" if strategy.startswith("mycelial") else "--."
-        ax1.plot(xs, [r.cv for r in rs], style, label=strategy)
-        ax2.plot(xs, [100 * r.failed for r in rs], style, label=strategy)
-    ax1.set_title(f"Imbalance (CV of dominant utilisation), {nodes} nodes, {sizes}")
-    ax1.set_xlabel("target utilisation %")
-    ax1.set_ylabel("coefficient of variation")
-    ax1.set_yscale("symlog", linthresh=0.01)
-    ax2.set_title(f"Failed placements, {nodes} nodes, {sizes}")
-    ax2.set_xlabel("target utilisation %")
-    ax2.set_ylabel("failed %")
-    ax1.legend(fontsize=8)
-    ax1.grid(alpha=0.3)
-    ax2.grid(alpha=0.3)
+    mixes = sorted({r.scenario.sizes for r in results if r.scenario.nodes == nodes})
+    fig, axes = plt.subplots(len(mixes), 2, figsize=(12, 4.2 * len(mixes)), squeeze=False)
+    for row_axes, sizes in zip(axes, mixes, strict=True):
+        ax1, ax2 = row_axes
+        chosen = [
+            r
+            for r in results
+            if r.scenario.nodes == nodes and r.scenario.sizes == sizes and r.scenario.lag == 0
+        ]
+        for strategy in STRATEGIES:
+            rs = sorted(
+                (r for r in chosen if r.strategy == strategy), key=lambda r: r.scenario.util
+            )
+            if not rs:
+                continue
+            xs = [100 * r.scenario.util for r in rs]
+            style = "-o" if strategy.startswith("mycelial") else "--."
+            ax1.plot(xs, [r.cv for r in rs], style, label=strategy)
+            ax2.plot(xs, [100 * r.failed for r in rs], style, label=strategy)
+        ax1.set_title(f"Imbalance: CV of dominant utilisation ({nodes} nodes, {sizes})")
+        ax1.set_xlabel("target utilisation %")
+        ax1.set_ylabel("coefficient of variation")
+        ax2.set_title(f"Failed placements ({nodes} nodes, {sizes})")
+        ax2.set_xlabel("target utilisation %")
+        ax2.set_ylabel("failed %")
+        ax1.grid(alpha=0.3)
+        ax2.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     return True
 
 
@@ -465,6 +470,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="1k nodes / 10k replicas only")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--scales", help="NODESxREPLICAS list, e.g. 1000x10000,10000x100000")
+    parser.add_argument("--sizes", help="homogeneous,mixed (default both)")
+    parser.add_argument("--utils", help="target utilisations, e.g. 0.5,0.7,0.85,0.95")
+    parser.add_argument("--lags", help="credit lags in epochs, e.g. 0,1,5")
+    parser.add_argument("--study-seeds", help="seeds for the credit study (empty string skips it)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--plot", type=Path, help="write a PNG of imbalance and failures")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
@@ -477,10 +487,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes_list = [(1000, 10_000)]
         utils = [0.5, 0.85, 0.95]
         lags = [0, 5]
+        study_seeds = [1, 2, 3]
     else:
         sizes_list = [(1000, 10_000), (10_000, 100_000)]
         utils = [0.5, 0.7, 0.85, 0.95]
         lags = [0, 1, 5]
+        study_seeds = [1, 2, 3, 4, 5]
+    node_sizes = ["homogeneous", "mixed"]
+    try:
+        if args.scales:
+            sizes_list = [
+                (int(a), int(b)) for a, b in (x.split("x") for x in args.scales.split(","))
+            ]
+        if args.utils:
+            utils = [float(x) for x in args.utils.split(",")]
+        if args.lags:
+            lags = [int(x) for x in args.lags.split(",")]
+        if args.study_seeds is not None:
+            study_seeds = [int(x) for x in args.study_seeds.split(",") if x]
+    except ValueError as exc:
+        parser.error(f"bad list: {exc}")
+    if args.sizes:
+        node_sizes = [x for x in args.sizes.split(",") if x]
+        for x in node_sizes:
+            if x not in ("homogeneous", "mixed"):
+                parser.error(f"--sizes takes homogeneous and/or mixed, not {x!r}")
     started = time.perf_counter()
     cpu_started = time.process_time()
     print(f"# scripts/bench-scheduler {' '.join(sys.argv[1:])} (seed {args.seed})", flush=True)
@@ -488,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|" + "---|" * (HEADER.count("|") - 1))
     results: list[Result] = []
     for nodes, replicas in sizes_list:
-        for sizes in ("homogeneous", "mixed"):
+        for sizes in node_sizes:
             for util in utils:
                 for strategy in strategies:
                     for lag in lags if strategy in CREDIT_STRATEGIES else [0]:
@@ -504,11 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for strategy, index, detail in fairness_under_overload(args.seed, strategies):
         print(f"| {strategy} | {index:.4f} | {detail} |")
     print()
-    credit_study(
-        [1, 2, 3] if args.quick else [1, 2, 3, 4, 5],
-        lags,
-        [0.85, 0.95],
-    )
+    if study_seeds:
+        credit_study(study_seeds, lags, [0.85, 0.95])
     again = run(results[0].scenario, results[0].strategy, args.seed, churn=False)
     same = "yes" if again.digest == results[0].digest else "NO"
     print(f"\nDeterminism: re-running the first row gives hash {again.digest} (same: {same})")
@@ -516,10 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Total time: {time.perf_counter() - started:.0f} s wall, "
         f"{time.process_time() - cpu_started:.0f} s CPU"
     )
-    if args.plot:
-        nodes = sizes_list[-1][0]
-        if plot(results, args.plot, nodes, "mixed"):
-            print(f"Plot: {args.plot}")
+    if args.plot and plot(results, args.plot, sizes_list[0][0]):
+        print(f"Plot: {args.plot}")
     if args.markdown:
         lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)] + [row(r) for r in results]
         args.markdown.write_text("\n".join(lines) + "\n")
