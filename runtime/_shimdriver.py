@@ -2,13 +2,16 @@
 
 Each container has a directory ``<state_dir>/<driver>/containers/<id>/``::
 
-    spec.json      the ContainerSpec, written first (a directory without it is debris)
     shim.json      the shim's pid and start time (to tell it from a reused pid)
-    started.json   written by the shim: the main pid, when it started
+    spec.json      the ContainerSpec, written just before the shim gets its job: a
+                   directory without it is debris of an interrupted start
+    started.json   written by the shim: the main pid, its start time, when it started
     exit.json      written by the shim: exit_code, oom_killed, finished_at
     cleaned        written by the shim after its cleanup (oci: runc delete, unmount)
     container.log  stdout + stderr, rotated to container.log.1, .2, ...
     shim.log       the shim's own complaints, if any
+    bundle/, runtime.log, container.pid, upper/, work/   (oci) the OCI bundle, the
+                   runtime's JSON log, the init pid, the overlay of a writable root
 
 The agent waits for the shim through a pidfd; after an agent restart ``adopt``
 rebuilds the same records from these files, so no exit code is lost.
@@ -22,9 +25,8 @@ import json
 import os
 import shutil
 import signal
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,6 @@ class Record:
     started_at: float | None = None
     exit: dict[str, Any] | None = None
     lost_code: int | None = None  # exit status reaped by the agent when the shim died
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
         self.shim.close()
@@ -98,7 +99,10 @@ class ShimDriver:
         self.log_backups = max(0, log_backups)
         self.root = self.state_dir / self.kind
         self.containers_dir = self.root / "containers"
-        self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise DriverError(f"cannot use state_dir {self.state_dir}: {exc.strerror}") from exc
         set_child_subreaper()
         self._pool = ShimPool(self.root / "spare.pid")
         self._records: dict[str, Record] = {}
@@ -271,12 +275,8 @@ class ShimDriver:
                 record.main_pid = int(started["pid"])
                 record.started_at = float(started["started_at"])
                 record.main_pidfd = open_pidfd(record.main_pid, started.get("start_time"))
-            self.load_extra(record)
             self._records[spec.id] = record
         return await self.list()
-
-    def load_extra(self, record: Record) -> None:
-        """Restore driver-specific bits of a record on adopt."""
 
     async def close(self) -> None:
         if self._closed:
@@ -376,7 +376,3 @@ class ShimDriver:
 def _rmtree(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)
-
-
-def now() -> float:
-    return time.time()
