@@ -101,7 +101,7 @@ class Agent:
         self.raft_address: str | None = None
         self.driver_reason = ""
         self.started_at = time.time()
-        self._spec_cache: dict[tuple[str, int], WorkloadSpec] = {}
+        self._spec_cache: dict[str, WorkloadSpec] = {}
         self._published: dict[str, str] = {}
         self._shutdown = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -504,21 +504,26 @@ class Agent:
                 self._remember_peers()
 
     # -- views -------------------------------------------------------------------------
-    def _spec(self, name: str, version: int, spec_dict: Mapping[str, Any]) -> WorkloadSpec:
-        key = (name, version)
-        spec = self._spec_cache.get(key)
+    def _spec(self, spec_json: str, spec_dict: Mapping[str, Any]) -> WorkloadSpec:
+        """The parsed spec, cached by its canonical JSON text.
+
+        Not by (name, version): versions start again at 1 when a workload is deleted
+        and created again, and a cache keyed that way handed the leader the old
+        workload's spec, so it placed replicas the state refused for ever (found by
+        the chaos soak)."""
+        spec = self._spec_cache.get(spec_json)
         if spec is None:
             spec = WorkloadSpec.from_dict(dict(spec_dict))
             if len(self._spec_cache) > 1000:
                 self._spec_cache.clear()
-            self._spec_cache[key] = spec
+            self._spec_cache[spec_json] = spec
         return spec
 
     def _workload_views(self) -> list[WorkloadView]:
         views = []
         for record in self.state.workloads():
             try:
-                spec = self._spec(record.name, record.version, record.spec)
+                spec = self._spec(record.spec_json, record.spec)
             except ConfigError as exc:
                 log.error(
                     "bad spec in the replicated state",

@@ -256,6 +256,7 @@ class LeaderLoop:
         self._last_epoch = 0.0
         self.pending: dict[str, str] = {}
         self.paused: str | None = None
+        self.refused: dict[str, str] = {}  # replica -> why the state refused its placement
         self.steps = 0
 
     def poke(self) -> None:
@@ -277,6 +278,8 @@ class LeaderLoop:
                 self._leading_since = now
                 self._last_epoch = now
             await self.step(unknown_is_lost=now - self._leading_since >= self.unknown_grace)
+            if self.refused:
+                await trio.sleep(self.interval)  # no hot loop on a plan the state refuses
             if self._commit_credits is not None and now - self._last_epoch >= self.epoch_interval:
                 self._last_epoch = now
                 _, snapshot = plan(
@@ -299,8 +302,18 @@ class LeaderLoop:
         self.paused = result.paused
         for start in range(0, len(result.remove), BATCH):
             await self._remove_placements(term, result.remove[start : start + BATCH])
+        self.refused = {}
         for start in range(0, len(result.place), BATCH):
             batch = result.place[start : start + BATCH]
             log.info("committing placements", extra={"count": len(batch), "term": term})
-            await self._commit_placements(term, batch)
+            answer = await self._commit_placements(term, batch)
+            if isinstance(answer, dict) and answer.get("rejected"):
+                self.refused.update(answer["rejected"])
+        if self.refused:
+            # The state refused what this leader planned: its view is wrong somewhere.
+            # Say so, and let run() wait an interval rather than plan the same again.
+            log.warning(
+                "placements refused by the state",
+                extra={"term": term, "refused": dict(sorted(self.refused.items())[:10])},
+            )
         return result
