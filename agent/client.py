@@ -103,6 +103,19 @@ class ApiClient:
             raise _error_from(response.status, decoded)
         return decoded
 
+    def text(self, path: str) -> tuple[str, str]:
+        """GET a non-JSON resource (``/metrics``): its content type and text."""
+        response, conn = self._send("GET", path, None, query=None, timeout=None)
+        try:
+            data = response.read()
+        except OSError as exc:
+            raise self._unreachable(exc) from exc
+        finally:
+            conn.close()
+        if response.status >= 400:
+            raise _error_from(response.status, _decode(data))
+        return response.getheader("content-type", ""), data.decode(errors="replace")
+
     def stream(self, path: str, *, query: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Yield JSON objects from a newline-delimited stream until the agent closes it."""
         response, conn = self._send("GET", path, None, query=query, timeout=None, stream=True)

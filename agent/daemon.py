@@ -47,7 +47,9 @@ from agent.errors import (
     RuntimeUnavailableError,
     SecretError,
 )
+from agent.events import EventBus
 from agent.leader import LeaderLoop, PlacementView, WorkloadView, plan, request_for
+from agent.metrics import AgentCollector, AgentMetrics
 from agent.nodes import (
     REPLICA_PREFIX,
     NodeView,
@@ -57,6 +59,8 @@ from agent.nodes import (
     node_from_state,
     replica_value,
 )
+from agent.observe_api import routes as observe_routes
+from agent.observer import Observer
 from agent.peer import PeerClient
 from agent.reconciler import DesiredReplica, Reconciler, ReplicaReport
 from agent.secrets import derive_key, load_secret
@@ -111,6 +115,13 @@ class Agent:
         self.reconciler: Reconciler | None = None
         self.leader_loop: LeaderLoop | None = None
         self.capacity = host_capacity(config.cpu_millicores, config.memory_bytes, config.pids)
+        # Observability (agent/metrics.py, events.py, observer.py): a registry of our
+        # own, never the process-global one, so agents sharing a process stay apart.
+        self.version = __version__
+        self.metrics = AgentMetrics()
+        self.metrics.add_view(AgentCollector(self))
+        self.events = EventBus(self.name)
+        self.observer = Observer(self, self.events, self.metrics)
 
     # -- lifecycle ---------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -135,6 +146,7 @@ class Agent:
                     node=self.name,
                     desired=self._desired_replicas,
                     on_report=self._publish_replicas,
+                    on_start=self._container_started,
                 )
                 self.leader_loop = self._make_leader_loop()
                 await self._wait_for_raft_sync()
@@ -143,10 +155,14 @@ class Agent:
                 nursery.start_soon(self.leader_loop.run)
                 nursery.start_soon(self._pump_raft_events)
                 nursery.start_soon(self._pump_gossip_events)
+                nursery.start_soon(self.observer.run)
                 nursery.start_soon(self._publish_loop)
                 tokens = [self.cluster_token] + ([self._api_token] if self._api_token else [])
-                app = ApiApp(self, tokens=tokens, peer=self.peer)
-                local_app = ApiApp(self, peer=self.peer)
+                extra = observe_routes(self.events, self.metrics)
+                app = ApiApp(
+                    self, tokens=tokens, peer=self.peer, extra_routes=extra, observe=self._api_done
+                )
+                local_app = ApiApp(self, peer=self.peer, extra_routes=extra, observe=self._api_done)
                 api_scope = trio.CancelScope()
                 nursery.start_soon(self._serve_api, api_scope, local_app, unix_sock, app, tcp_sock)
                 nursery.start_soon(self._watch_signals)
@@ -408,10 +424,18 @@ class Agent:
         """Commit ``command`` through Raft (this agent must lead) and return its result."""
         from agent.consensus.raft import NotLeaderError as RaftNotLeader
 
+        started = time.perf_counter()
+        proposals = self.metrics.raft_proposals
         try:
             result: dict[str, Any] = await self.raft.propose(command, timeout=PROPOSE_TIMEOUT)
         except RaftNotLeader as exc:
+            proposals.labels(command.op, "not_leader").inc()
             raise NotLeaderError(str(exc), self._leader_api()) from exc
+        except ConsensusError:
+            proposals.labels(command.op, "not_committed").inc()
+            raise
+        self.metrics.raft_apply.labels(command.op).observe(time.perf_counter() - started)
+        proposals.labels(command.op, "ok" if result.get("ok", True) else "rejected").inc()
         if not result.get("ok", True):
             code = result.get("error")
             message = result.get("message") or str(code)
@@ -486,6 +510,7 @@ class Agent:
             self.gossip.set(key, value)
 
     def _publish_replicas(self, reports: dict[str, ReplicaReport]) -> None:
+        self.observer.local_reports(reports)
         current = {
             f"{REPLICA_PREFIX}{rid}": replica_value(r.to_dict()) for rid, r in reports.items()
         }
@@ -581,7 +606,16 @@ class Agent:
             entries = tuple(
                 cstate.PlacementEntry(rid, node, version) for rid, node, version in batch
             )
-            return await self._propose_quietly(cstate.SetPlacements(term=term, placements=entries))
+            kinds = {"new": 0, "move": 0, "update": 0}
+            for rid, node, _version in batch:
+                before = self.state.placement(rid)
+                kinds["new" if before is None else "move" if before.node != node else "update"] += 1
+            result = await self._propose_quietly(
+                cstate.SetPlacements(term=term, placements=entries)
+            )
+            if result is not None:
+                self.observer.placements_committed(kinds)
+            return result
 
         async def remove_placements(term: int, rids: list[str]) -> Any:
             return await self._propose_quietly(
@@ -605,6 +639,7 @@ class Agent:
             commit_placements=commit_placements,
             remove_placements=remove_placements,
             commit_credits=commit_credits,
+            on_step=self.observer.leader_step,
             on_pending=self._publish_pending,
         )
 
@@ -627,6 +662,20 @@ class Agent:
         except (ConsensusError, ConflictError, NotFoundError) as exc:
             log.info("leader write not committed", extra={"op": command.op, "error": str(exc)})
             return None
+
+    # -- observability hooks -----------------------------------------------------------
+    def _api_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.metrics.api_requests.labels(method, route, str(status)).inc()
+        self.metrics.api_latency.labels(method, route).observe(seconds)
+
+    def _container_started(
+        self, replica: str, restarts: int, seconds: float, error: str | None
+    ) -> None:
+        self.metrics.container_starts.labels("error" if error else "ok").inc()
+        if error is None:
+            self.metrics.container_start.observe(seconds)
+            if restarts > 0:
+                self.metrics.restarts.inc()
 
     # -- Backend: reads ----------------------------------------------------------------
     def _workload_dict(self, record: Any, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:

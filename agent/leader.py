@@ -22,6 +22,7 @@ Rules the plan follows:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,7 @@ class Plan:
     place: list[tuple[str, str, int]] = field(default_factory=list)  # (replica, node, version)
     remove: list[str] = field(default_factory=list)
     pending: dict[str, str] = field(default_factory=dict)  # replica -> why it has no home
+    rules: dict[str, str] = field(default_factory=dict)  # replica -> the rule that blocked it
     paused: str | None = None  # why moves were held back
 
     @property
@@ -217,6 +219,7 @@ def plan(
                 result.place.append((rid, decision.node_id, version))
             continue
         result.pending[rid] = decision.reason or "no node fits"
+        result.rules[rid] = decision.rule or "unknown"
         if old is not None and old.node in moving_lost:
             result.remove.append(rid)
     return result, snapshot
@@ -235,6 +238,7 @@ class LeaderLoop:
         commit_placements: Callable[[int, list[tuple[str, str, int]]], Awaitable[Any]],
         remove_placements: Callable[[int, list[str]], Awaitable[Any]],
         commit_credits: Callable[[int, scheduler.Snapshot], Awaitable[Any]] | None = None,
+        on_step: Callable[[Plan, float], None] | None = None,
         on_pending: Callable[[dict[str, str]], None] | None = None,
         interval: float = 1.0,
         epoch_interval: float = 10.0,
@@ -247,6 +251,7 @@ class LeaderLoop:
         self._commit_placements = commit_placements
         self._remove_placements = remove_placements
         self._commit_credits = commit_credits
+        self._on_step = on_step
         self._on_pending = on_pending
         self.interval = interval
         self.epoch_interval = epoch_interval
@@ -289,10 +294,13 @@ class LeaderLoop:
 
     async def step(self, *, unknown_is_lost: bool = True) -> Plan:
         term = self._term()
+        started = time.perf_counter()
         workloads, placements = self._read()
         result, _ = plan(
             workloads, placements, self._nodes(), seed=term, unknown_is_lost=unknown_is_lost
         )
+        if self._on_step is not None:
+            self._on_step(result, time.perf_counter() - started)
         self.steps += 1
         self.pending = result.pending
         if self._on_pending is not None:

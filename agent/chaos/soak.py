@@ -132,8 +132,10 @@ class Soak:
         self.tag = tag
         self.log = log
         self.workload_names = [f"soak{i}" for i in range(workloads)]
+        # A random prefix per run: node names (and so the replicas' HYPHA_NODE, which
+        # the ground-truth check reads from /proc) never collide with another cluster's.
         self.cluster = LocalCluster(
-            base, nodes, driver=driver, preset=preset, first_host=first_host, name_prefix=""
+            base, nodes, driver=driver, preset=preset, first_host=first_host
         )
         self.suspicion = suspicion_timeout(preset, nodes)
         names = [a.name for a in self.cluster.agents]
