@@ -465,7 +465,10 @@ class Soak:
                     break
                 if self.step(fault) is not None:
                     time.sleep(2.0)
-            self.report.violations = self.check()
+            try:
+                self.report.violations = self.check()
+            except HyphaError as exc:
+                self.report.violations.append(Violation("check", f"could not check: {exc}"))
             return self.report
         finally:
             self.close()
