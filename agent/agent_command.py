@@ -346,11 +346,32 @@ def up(
         click.echo("stopped", err=True)
 
 
+def _strays(base: Path) -> list[int]:
+    """Agents on our data dirs that we did not start (a chaos tool restarted them)."""
+    found = []
+    needle = f"{base}/".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"agent" in argv and b"--data-dir" in argv and any(a.startswith(needle) for a in argv):
+            found.append(int(entry.name))
+    return found
+
+
 def _stop_all(procs: list[subprocess.Popen[bytes]], base: Path) -> None:
     for proc in procs:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
+    ours = {proc.pid for proc in procs}
+    strays = [pid for pid in _strays(base) if pid not in ours]
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     for proc in procs:
         try:
@@ -359,3 +380,7 @@ def _stop_all(procs: list[subprocess.Popen[bytes]], base: Path) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    deadline = time.monotonic() + 30
+    while strays and time.monotonic() < deadline:
+        strays = [pid for pid in strays if Path(f"/proc/{pid}").exists()]
+        time.sleep(0.2)

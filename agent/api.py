@@ -47,11 +47,12 @@ from agent.errors import (
     NotLeaderError,
     RuntimeUnavailableError,
 )
-from agent.peer import FORWARDED_HEADER, PeerClient
+from agent.peer import FORWARDED_HEADER, PeerClient, PeerConnectError
 
 log = logging.getLogger("hypha.api")
 
 MAX_REQUEST_BODY = 1024 * 1024
+FORWARD_RETRY_SECONDS = 15.0
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -156,12 +157,16 @@ class ApiApp:
         tokens: Sequence[str] = (),
         peer: PeerClient | None = None,
         extra_routes: list[tuple[str, str, Handler]] | None = None,
+        observe: Callable[[str, str, int, float], None] | None = None,
     ) -> None:
         self.backend = backend
         self._tokens = [t for t in tokens if t]
         self._require_token = bool(self._tokens)
         self.peer = peer or PeerClient(None)
         self.routes: list[tuple[str, re.Pattern[str], Handler, bool]] = []
+        # regex -> the route's template ("/v1/workloads/{name}"), the label metrics use
+        self._templates: dict[re.Pattern[str], str] = {}
+        self._observe = observe
         b = self
         self._add("GET", "/v1/workloads", b.h_list_workloads)
         self._add("POST", "/v1/workloads", b.h_create_workload, write=True)
@@ -185,6 +190,7 @@ class ApiApp:
     def _add(self, method: str, pattern: str, handler: Handler, *, write: bool = False) -> None:
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
         self.routes.append((method, regex, handler, write))
+        self._templates[regex] = pattern
 
     # -- ASGI --------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -198,6 +204,21 @@ class ApiApp:
                     return
         if scope["type"] != "http":
             return
+        started = trio.current_time()
+        status = 500
+        try:
+            status = await self._respond(scope, receive, send)
+        finally:
+            if self._observe is not None:
+                self._observe(
+                    scope["method"],
+                    scope.get("hypha.route", "unmatched"),
+                    status,
+                    trio.current_time() - started,
+                )
+
+    async def _respond(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Answer one request; returns the status sent."""
         try:
             response = await self._dispatch(scope, receive)
         except HyphaError as exc:
@@ -211,7 +232,7 @@ class ApiApp:
             response = JsonResponse({"error": detail, "status": 500}, 500)
         if isinstance(response, JsonResponse):
             await _send_json(send, response.status, response.data)
-            return
+            return response.status
         await send(
             {
                 "type": "http.response.start",
@@ -219,16 +240,24 @@ class ApiApp:
                 "headers": [(b"content-type", response.content_type.encode())],
             }
         )
-        try:
-            async for chunk in response.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except HyphaError as exc:
-            # Headers are gone: end the stream with an error object the client can show.
-            line = json.dumps({"error": str(exc)}).encode() + b"\n"
-            await send({"type": "http.response.body", "body": line, "more_body": False})
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-            return  # the client went away
+        # hypercorn drops what is sent after the client hung up, so a followed stream
+        # would wait forever for its next chunk: watch for the disconnect and cancel
+        # the stream when it comes.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            try:
+                async for chunk in response.chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except HyphaError as exc:
+                # Headers are gone: end the stream with an error object the client can show.
+                line = json.dumps({"error": str(exc)}).encode() + b"\n"
+                await send({"type": "http.response.body", "body": line, "more_body": False})
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client went away
+            finally:
+                nursery.cancel_scope.cancel()
+        return 200
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         if not self._require_token:
@@ -256,14 +285,12 @@ class ApiApp:
             if route_method != method:
                 allowed.append(route_method)
                 continue
+            scope["hypha.route"] = self._templates[regex]
             params = {k: unquote(v) for k, v in match.groupdict().items()}
             request = Request(scope, body, params)
-            try:
+            if not write or FORWARDED_HEADER in request.headers:
                 return await handler(request)
-            except NotLeaderError as exc:
-                if not write or FORWARDED_HEADER in request.headers:
-                    raise
-                return await self._forward(request, exc)
+            return await self._write(handler, request)
         if allowed:
             return JsonResponse(
                 {
@@ -273,6 +300,22 @@ class ApiApp:
                 405,
             )
         return JsonResponse({"error": f"no such API route: {method} {path}", "status": 404}, 404)
+
+    async def _write(self, handler: Handler, request: Request) -> JsonResponse | StreamResponse:
+        """Run a write here if this agent leads, else forward it to the leader. A leader
+        that cannot be connected to (it just died) is looked up again for a while:
+        nothing was sent to it, so trying the next leader is safe."""
+        deadline = trio.current_time() + FORWARD_RETRY_SECONDS
+        while True:
+            try:
+                return await handler(request)
+            except NotLeaderError as exc:
+                try:
+                    return await self._forward(request, exc)
+                except PeerConnectError:
+                    if trio.current_time() >= deadline:
+                        raise
+                    await trio.sleep(0.5)
 
     async def _forward(self, request: Request, exc: NotLeaderError) -> JsonResponse:
         if exc.leader_api is None:
@@ -391,6 +434,14 @@ class ApiApp:
         if raw:
             return StreamResponse(_prepend(first, chunks), "application/octet-stream")
         return StreamResponse(_as_json_lines(_prepend(first, chunks)), "application/x-ndjson")
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
 
 
 async def _first_chunk(chunks: AsyncIterator[bytes]) -> bytes | None:

@@ -174,5 +174,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 # Importing the command modules registers their commands on ``cli``.
 from agent import agent_command as _agent_command  # noqa: E402,F401
 from agent import commands as _commands  # noqa: E402,F401
+from agent import event_commands as _event_commands  # noqa: E402,F401
 from agent import mcp_command as _mcp_command  # noqa: E402,F401
 from agent import workload_commands as _workload_commands  # noqa: E402,F401

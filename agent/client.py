@@ -74,8 +74,10 @@ class ApiClient:
             return _UnixHTTPConnection(self._unix_path, timeout or self.timeout)
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout or self.timeout)
 
-    def _unreachable(self, exc: OSError) -> AgentUnreachableError:
-        reason = exc.strerror or str(exc) or type(exc).__name__
+    def _unreachable(self, exc: OSError | http.client.HTTPException) -> AgentUnreachableError:
+        """The agent is not there, or went away in the middle of an answer."""
+        strerror = exc.strerror if isinstance(exc, OSError) else None
+        reason = strerror or str(exc) or type(exc).__name__
         hint = "is `hypha agent` running? (set --api or HYPHA_API to reach another)"
         return AgentUnreachableError(f"cannot reach the agent at {self.address}: {reason}; {hint}")
 
@@ -92,7 +94,7 @@ class ApiClient:
         response, conn = self._send(method, path, body, query=query, timeout=timeout)
         try:
             data = response.read()
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(exc) from exc
         finally:
             conn.close()
@@ -100,6 +102,19 @@ class ApiClient:
         if response.status >= 400:
             raise _error_from(response.status, decoded)
         return decoded
+
+    def text(self, path: str) -> tuple[str, str]:
+        """GET a non-JSON resource (``/metrics``): its content type and text."""
+        response, conn = self._send("GET", path, None, query=None, timeout=None)
+        try:
+            data = response.read()
+        except OSError as exc:
+            raise self._unreachable(exc) from exc
+        finally:
+            conn.close()
+        if response.status >= 400:
+            raise _error_from(response.status, _decode(data))
+        return response.getheader("content-type", ""), data.decode(errors="replace")
 
     def stream(self, path: str, *, query: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
         """Yield JSON objects from a newline-delimited stream until the agent closes it."""
@@ -110,7 +125,7 @@ class ApiClient:
             while True:
                 try:
                     line = response.readline()
-                except OSError as exc:
+                except (OSError, http.client.HTTPException) as exc:
                     raise self._unreachable(exc) from exc
                 if not line:
                     return
@@ -145,7 +160,7 @@ class ApiClient:
             if stream and conn.sock is not None:
                 conn.sock.settimeout(None)
             return conn.getresponse(), conn
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise self._unreachable(exc) from exc
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
 import signal
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -45,7 +47,9 @@ from agent.errors import (
     RuntimeUnavailableError,
     SecretError,
 )
+from agent.events import EventBus
 from agent.leader import LeaderLoop, PlacementView, WorkloadView, plan, request_for
+from agent.metrics import AgentCollector, AgentMetrics
 from agent.nodes import (
     REPLICA_PREFIX,
     NodeView,
@@ -55,6 +59,8 @@ from agent.nodes import (
     node_from_state,
     replica_value,
 )
+from agent.observe_api import routes as observe_routes
+from agent.observer import Observer
 from agent.peer import PeerClient
 from agent.reconciler import DesiredReplica, Reconciler, ReplicaReport
 from agent.secrets import derive_key, load_secret
@@ -67,6 +73,9 @@ PROPOSE_TIMEOUT = 10.0
 JOIN_TIMEOUT = 30.0
 PUBLISH_INTERVAL = 5.0
 LEADER_WAIT = 5.0
+RAFT_SYNC_TIMEOUT = 30.0
+PEERS_FILE = "gossip-peers.json"
+PENDING_BYTES = 900
 
 
 def container_prefix(name: str) -> str:
@@ -96,7 +105,7 @@ class Agent:
         self.raft_address: str | None = None
         self.driver_reason = ""
         self.started_at = time.time()
-        self._spec_cache: dict[tuple[str, int], WorkloadSpec] = {}
+        self._spec_cache: dict[str, WorkloadSpec] = {}
         self._published: dict[str, str] = {}
         self._shutdown = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -106,6 +115,13 @@ class Agent:
         self.reconciler: Reconciler | None = None
         self.leader_loop: LeaderLoop | None = None
         self.capacity = host_capacity(config.cpu_millicores, config.memory_bytes, config.pids)
+        # Observability (agent/metrics.py, events.py, observer.py): a registry of our
+        # own, never the process-global one, so agents sharing a process stay apart.
+        self.version = __version__
+        self.metrics = AgentMetrics()
+        self.metrics.add_view(AgentCollector(self))
+        self.events = EventBus(self.name)
+        self.observer = Observer(self, self.events, self.metrics)
 
     # -- lifecycle ---------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -130,17 +146,23 @@ class Agent:
                     node=self.name,
                     desired=self._desired_replicas,
                     on_report=self._publish_replicas,
+                    on_start=self._container_started,
                 )
                 self.leader_loop = self._make_leader_loop()
+                await self._wait_for_raft_sync()
                 reconciler_scope = trio.CancelScope()
                 await nursery.start(self._run_reconciler, reconciler_scope)
                 nursery.start_soon(self.leader_loop.run)
                 nursery.start_soon(self._pump_raft_events)
                 nursery.start_soon(self._pump_gossip_events)
+                nursery.start_soon(self.observer.run)
                 nursery.start_soon(self._publish_loop)
                 tokens = [self.cluster_token] + ([self._api_token] if self._api_token else [])
-                app = ApiApp(self, tokens=tokens, peer=self.peer)
-                local_app = ApiApp(self, peer=self.peer)
+                extra = observe_routes(self.events, self.metrics)
+                app = ApiApp(
+                    self, tokens=tokens, peer=self.peer, extra_routes=extra, observe=self._api_done
+                )
+                local_app = ApiApp(self, peer=self.peer, extra_routes=extra, observe=self._api_done)
                 api_scope = trio.CancelScope()
                 nursery.start_soon(self._serve_api, api_scope, local_app, unix_sock, app, tcp_sock)
                 nursery.start_soon(self._watch_signals)
@@ -266,6 +288,45 @@ class Agent:
             except gossip.GossipError as exc:
                 raise GossipUnavailableError(f"join: {exc}") from exc
             log.info("joined the cluster", extra={"members": known})
+        else:
+            remembered = self._remembered_peers()
+            if remembered:
+                # A restart without --join: find the cluster where we last saw it.
+                try:
+                    known = await self.gossip.join(remembered, timeout=10.0)
+                    log.info("rejoined remembered peers", extra={"members": known})
+                except gossip.GossipError as exc:
+                    log.warning("no remembered peer answered", extra={"error": str(exc)})
+
+    def _peers_path(self) -> Path:
+        return self.config.data_dir / PEERS_FILE
+
+    def _remembered_peers(self) -> list[tuple[str, int]]:
+        try:
+            data = json.loads(self._peers_path().read_text())
+        except (OSError, ValueError):
+            return []
+        own = (self.advertise_host, self.gossip_port)
+        peers = []
+        for item in data if isinstance(data, list) else []:
+            if isinstance(item, list) and len(item) == 2:
+                address = (str(item[0]), int(item[1]))
+                if address != own:
+                    peers.append(address)
+        return peers
+
+    def _remember_peers(self) -> None:
+        peers = sorted(
+            [m.address[0], m.address[1]]
+            for m in self.gossip.members()
+            if m.state == "alive" and m.name != self.name
+        )
+        if not peers:
+            return
+        path = self._peers_path()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(peers))
+        os.replace(tmp, path)
 
     # -- raft --------------------------------------------------------------------------
     def _raft_addr(self) -> str:
@@ -316,6 +377,21 @@ class Agent:
         await nursery.start(self.raft.serve)
         self.gossip.set("raft", encode(self.raft_address))
 
+    async def _wait_for_raft_sync(self) -> None:
+        """Before acting on placements, hear from a leader and apply what it committed:
+        a restarted agent's journal may be stale (its replicas may have moved), and
+        acting on it would start a replica that now runs elsewhere."""
+        with trio.move_on_after(RAFT_SYNC_TIMEOUT) as scope:
+            while not (
+                self.raft.leader is not None and self.raft.last_applied >= self.raft.commit_index
+            ):
+                await trio.sleep(0.05)
+        if scope.cancelled_caught:
+            log.warning(
+                "raft not in sync; reconciling from the local state",
+                extra={"timeout": RAFT_SYNC_TIMEOUT},
+            )
+
     def _raft_membership(self) -> list[str]:
         """Raft addresses of the members gossip sees alive, for the autopilot."""
         result = []
@@ -348,10 +424,18 @@ class Agent:
         """Commit ``command`` through Raft (this agent must lead) and return its result."""
         from agent.consensus.raft import NotLeaderError as RaftNotLeader
 
+        started = time.perf_counter()
+        proposals = self.metrics.raft_proposals
         try:
             result: dict[str, Any] = await self.raft.propose(command, timeout=PROPOSE_TIMEOUT)
         except RaftNotLeader as exc:
+            proposals.labels(command.op, "not_leader").inc()
             raise NotLeaderError(str(exc), self._leader_api()) from exc
+        except ConsensusError:
+            proposals.labels(command.op, "not_committed").inc()
+            raise
+        self.metrics.raft_apply.labels(command.op).observe(time.perf_counter() - started)
+        proposals.labels(command.op, "ok" if result.get("ok", True) else "rejected").inc()
         if not result.get("ok", True):
             code = result.get("error")
             message = result.get("message") or str(code)
@@ -426,6 +510,7 @@ class Agent:
             self.gossip.set(key, value)
 
     def _publish_replicas(self, reports: dict[str, ReplicaReport]) -> None:
+        self.observer.local_reports(reports)
         current = {
             f"{REPLICA_PREFIX}{rid}": replica_value(r.to_dict()) for rid, r in reports.items()
         }
@@ -440,23 +525,30 @@ class Agent:
         while True:
             await trio.sleep(PUBLISH_INTERVAL)
             self._publish_dynamic()
+            with contextlib.suppress(OSError):
+                self._remember_peers()
 
     # -- views -------------------------------------------------------------------------
-    def _spec(self, name: str, version: int, spec_dict: Mapping[str, Any]) -> WorkloadSpec:
-        key = (name, version)
-        spec = self._spec_cache.get(key)
+    def _spec(self, spec_json: str, spec_dict: Mapping[str, Any]) -> WorkloadSpec:
+        """The parsed spec, cached by its canonical JSON text.
+
+        Not by (name, version): versions start again at 1 when a workload is deleted
+        and created again, and a cache keyed that way handed the leader the old
+        workload's spec, so it placed replicas the state refused for ever (found by
+        the chaos soak)."""
+        spec = self._spec_cache.get(spec_json)
         if spec is None:
             spec = WorkloadSpec.from_dict(dict(spec_dict))
             if len(self._spec_cache) > 1000:
                 self._spec_cache.clear()
-            self._spec_cache[key] = spec
+            self._spec_cache[spec_json] = spec
         return spec
 
     def _workload_views(self) -> list[WorkloadView]:
         views = []
         for record in self.state.workloads():
             try:
-                spec = self._spec(record.name, record.version, record.spec)
+                spec = self._spec(record.spec_json, record.spec)
             except ConfigError as exc:
                 log.error(
                     "bad spec in the replicated state",
@@ -514,7 +606,16 @@ class Agent:
             entries = tuple(
                 cstate.PlacementEntry(rid, node, version) for rid, node, version in batch
             )
-            return await self._propose_quietly(cstate.SetPlacements(term=term, placements=entries))
+            kinds = {"new": 0, "move": 0, "update": 0}
+            for rid, node, _version in batch:
+                before = self.state.placement(rid)
+                kinds["new" if before is None else "move" if before.node != node else "update"] += 1
+            result = await self._propose_quietly(
+                cstate.SetPlacements(term=term, placements=entries)
+            )
+            if result is not None:
+                self.observer.placements_committed(kinds)
+            return result
 
         async def remove_placements(term: int, rids: list[str]) -> Any:
             return await self._propose_quietly(
@@ -538,7 +639,21 @@ class Agent:
             commit_placements=commit_placements,
             remove_placements=remove_placements,
             commit_credits=commit_credits,
+            on_step=self.observer.leader_step,
+            on_pending=self._publish_pending,
         )
+
+    def _publish_pending(self, pending: dict[str, str]) -> None:
+        """The leader tells everyone why replicas have no home (as much as fits a datagram)."""
+        shown: dict[str, str] = {}
+        size = 2
+        for rid in sorted(pending):
+            reason = pending[rid][:160]
+            size += len(rid) + len(reason) + 8
+            if size > PENDING_BYTES:
+                break
+            shown[rid] = reason
+        self._set_if_changed("pending", encode(shown))
 
     async def _propose_quietly(self, command: cstate.Command) -> dict[str, Any] | None:
         """The leader's own writes: a lost leadership or a timeout is retried next step."""
@@ -547,6 +662,20 @@ class Agent:
         except (ConsensusError, ConflictError, NotFoundError) as exc:
             log.info("leader write not committed", extra={"op": command.op, "error": str(exc)})
             return None
+
+    # -- observability hooks -----------------------------------------------------------
+    def _api_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.metrics.api_requests.labels(method, route, str(status)).inc()
+        self.metrics.api_latency.labels(method, route).observe(seconds)
+
+    def _container_started(
+        self, replica: str, restarts: int, seconds: float, error: str | None
+    ) -> None:
+        self.metrics.container_starts.labels("error" if error else "ok").inc()
+        if error is None:
+            self.metrics.container_start.observe(seconds)
+            if restarts > 0:
+                self.metrics.restarts.inc()
 
     # -- Backend: reads ----------------------------------------------------------------
     def _workload_dict(self, record: Any, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -592,7 +721,7 @@ class Agent:
     async def list_replicas(self, workload: str | None) -> list[dict[str, Any]]:
         views = self.node_views()
         placements = {p.replica_id: p for p in self.state.placements()}
-        pending = self.leader_loop.pending if self.leader_loop is not None else {}
+        pending = self._pending_reasons()
         rows = []
         for record in sorted(self.state.workloads(), key=lambda r: r.name):
             if workload is not None and record.name != workload:
@@ -625,6 +754,16 @@ class Agent:
                         row["state"] = "lost"
                 rows.append(row)
         return rows
+
+    def _pending_reasons(self) -> dict[str, str]:
+        if self.raft.is_leader and self.leader_loop is not None:
+            return dict(self.leader_loop.pending)
+        leader = self.raft.leader or getattr(self.state, "leader", None)
+        for state in self.gossip.states().values():
+            if leader and _json(state.get("raft")) == leader:
+                found = _json(state.get("pending"))
+                return found if isinstance(found, dict) else {}
+        return {}
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         counts: dict[str, int] = {}
@@ -691,8 +830,9 @@ class Agent:
     async def status(self) -> dict[str, Any]:
         raft_status = dict(self.raft.status())
         leader_name = None
+        leader = self.raft.leader or getattr(self.state, "leader", None)
         for name, state in self.gossip.states().items():
-            if _json(state.get("raft")) == self.raft.leader:
+            if leader and _json(state.get("raft")) == leader:
                 leader_name = name
         raft_status.update(
             {
@@ -795,8 +935,6 @@ class Agent:
 
 
 def _json(text: Any) -> Any:
-    import json
-
     if text is None:
         return None
     try:

@@ -22,6 +22,7 @@ Rules the plan follows:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,7 @@ class Plan:
     place: list[tuple[str, str, int]] = field(default_factory=list)  # (replica, node, version)
     remove: list[str] = field(default_factory=list)
     pending: dict[str, str] = field(default_factory=dict)  # replica -> why it has no home
+    rules: dict[str, str] = field(default_factory=dict)  # replica -> the rule that blocked it
     paused: str | None = None  # why moves were held back
 
     @property
@@ -217,6 +219,7 @@ def plan(
                 result.place.append((rid, decision.node_id, version))
             continue
         result.pending[rid] = decision.reason or "no node fits"
+        result.rules[rid] = decision.rule or "unknown"
         if old is not None and old.node in moving_lost:
             result.remove.append(rid)
     return result, snapshot
@@ -235,6 +238,8 @@ class LeaderLoop:
         commit_placements: Callable[[int, list[tuple[str, str, int]]], Awaitable[Any]],
         remove_placements: Callable[[int, list[str]], Awaitable[Any]],
         commit_credits: Callable[[int, scheduler.Snapshot], Awaitable[Any]] | None = None,
+        on_step: Callable[[Plan, float], None] | None = None,
+        on_pending: Callable[[dict[str, str]], None] | None = None,
         interval: float = 1.0,
         epoch_interval: float = 10.0,
         unknown_grace: float = 5.0,
@@ -246,6 +251,8 @@ class LeaderLoop:
         self._commit_placements = commit_placements
         self._remove_placements = remove_placements
         self._commit_credits = commit_credits
+        self._on_step = on_step
+        self._on_pending = on_pending
         self.interval = interval
         self.epoch_interval = epoch_interval
         self.unknown_grace = unknown_grace
@@ -254,6 +261,7 @@ class LeaderLoop:
         self._last_epoch = 0.0
         self.pending: dict[str, str] = {}
         self.paused: str | None = None
+        self.refused: dict[str, str] = {}  # replica -> why the state refused its placement
         self.steps = 0
 
     def poke(self) -> None:
@@ -265,13 +273,18 @@ class LeaderLoop:
                 await self._wake.wait()
             self._wake = trio.Event()
             if not self._is_leader():
+                if self._leading_since is not None and self._on_pending is not None:
+                    self._on_pending({})
                 self._leading_since = None
+                self.pending = {}
                 continue
             now = trio.current_time()
             if self._leading_since is None:
                 self._leading_since = now
                 self._last_epoch = now
             await self.step(unknown_is_lost=now - self._leading_since >= self.unknown_grace)
+            if self.refused:
+                await trio.sleep(self.interval)  # no hot loop on a plan the state refuses
             if self._commit_credits is not None and now - self._last_epoch >= self.epoch_interval:
                 self._last_epoch = now
                 _, snapshot = plan(
@@ -281,19 +294,34 @@ class LeaderLoop:
 
     async def step(self, *, unknown_is_lost: bool = True) -> Plan:
         term = self._term()
+        started = time.perf_counter()
         workloads, placements = self._read()
         result, _ = plan(
             workloads, placements, self._nodes(), seed=term, unknown_is_lost=unknown_is_lost
         )
+        if self._on_step is not None:
+            self._on_step(result, time.perf_counter() - started)
         self.steps += 1
         self.pending = result.pending
+        if self._on_pending is not None:
+            self._on_pending(result.pending)
         if result.paused != self.paused and result.paused:
             log.warning("rescheduling paused", extra={"reason": result.paused})
         self.paused = result.paused
         for start in range(0, len(result.remove), BATCH):
             await self._remove_placements(term, result.remove[start : start + BATCH])
+        self.refused = {}
         for start in range(0, len(result.place), BATCH):
             batch = result.place[start : start + BATCH]
             log.info("committing placements", extra={"count": len(batch), "term": term})
-            await self._commit_placements(term, batch)
+            answer = await self._commit_placements(term, batch)
+            if isinstance(answer, dict) and answer.get("rejected"):
+                self.refused.update(answer["rejected"])
+        if self.refused:
+            # The state refused what this leader planned: its view is wrong somewhere.
+            # Say so, and let run() wait an interval rather than plan the same again.
+            log.warning(
+                "placements refused by the state",
+                extra={"term": term, "refused": dict(sorted(self.refused.items())[:10])},
+            )
         return result

@@ -22,6 +22,10 @@ MAX_BODY = 16 * 1024 * 1024
 FORWARDED_HEADER = "x-hypha-forwarded"
 
 
+class PeerConnectError(AgentUnreachableError):
+    """Could not connect at all: nothing was sent, so retrying elsewhere is safe."""
+
+
 def error_for(status: int, message: str) -> ApiError:
     if status == 404:
         return NotFoundError(message)
@@ -120,7 +124,7 @@ async def open_peer(address: str, timeout: float, local_host: str | None = None)
                 )
     except (OSError, trio.TooSlowError) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise AgentUnreachableError(f"cannot reach the agent at {address}: {reason}") from exc
+        raise PeerConnectError(f"cannot reach the agent at {address}: {reason}") from exc
     return PeerConnection(stream, address)
 
 

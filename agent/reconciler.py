@@ -165,6 +165,7 @@ class Reconciler:
         node: str,
         desired: Callable[[], Mapping[str, DesiredReplica]],
         on_report: Callable[[dict[str, ReplicaReport]], None] | None = None,
+        on_start: Callable[[str, int, float, str | None], None] | None = None,
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -172,6 +173,7 @@ class Reconciler:
         self.node = node
         self._desired = desired
         self._on_report = on_report
+        self._on_start = on_start
         self.interval = interval
         self._clock = clock
         self._wake = trio.Event()
@@ -306,7 +308,11 @@ class Reconciler:
             return report
         log.info(
             "restarting replica",
-            extra={"replica": want.replica_id, "exit_code": exit_code, "restarts": restarts + 1},
+            extra={
+                **_about(want.replica_id),
+                "exit_code": exit_code,
+                "restarts": restarts + 1,
+            },
         )
         actions.remove.append(status.id)
         actions.start.append((want, restarts + 1))
@@ -333,11 +339,11 @@ class Reconciler:
     ) -> None:
         async with limiter:
             try:
-                log.info("stopping container", extra={"container": status.id, "grace": grace})
+                log.info("stopping container", extra={**_about_container(status), "grace": grace})
                 await self.driver.stop(status.id, grace)
                 await self.driver.remove(status.id)
             except runtime.DriverError as exc:
-                log.warning("stop failed", extra={"container": status.id, "error": str(exc)})
+                log.warning("stop failed", extra={**_about_container(status), "error": str(exc)})
             finally:
                 self._stopping.discard(status.id)
         self.poke()
@@ -347,33 +353,42 @@ class Reconciler:
             try:
                 await self.driver.remove(container_id)
             except runtime.DriverError as exc:
-                log.warning("remove failed", extra={"container": container_id, "error": str(exc)})
+                log.warning(
+                    "remove failed",
+                    extra={**_about(container_id), "container": container_id, "error": str(exc)},
+                )
 
     async def _start(
         self, want: DesiredReplica, restarts: int, remove_first: bool, limiter: trio.CapacityLimiter
     ) -> None:
         rid = want.replica_id
         async with limiter:
+            started = time.perf_counter()
             try:
                 if remove_first:
                     await self.driver.remove(rid)
                 spec = container_spec(want, node=self.node, restarts=restarts)
+                started = time.perf_counter()  # the start alone, not the removal before it
                 status = await self.driver.start(spec)
             except runtime.DriverError as exc:
+                if self._on_start is not None:
+                    self._on_start(rid, restarts, time.perf_counter() - started, str(exc))
                 previous = self._failures.get(rid)
                 count = previous.count + 1 if previous else 1
                 delay = want.spec.restart.backoff(count - 1)
                 self._failures[rid] = _StartFailure(count, self._clock() + delay, str(exc))
                 log.warning(
                     "start failed",
-                    extra={"replica": rid, "error": str(exc), "retry_in": delay},
+                    extra={**_about(rid), "error": str(exc), "retry_in": delay},
                 )
                 with contextlib.suppress(runtime.DriverError):
                     await self.driver.remove(rid)
                 self.poke()  # report the failure now, not at the next interval
                 return
         self._failures.pop(rid, None)
-        log.info("started replica", extra={"replica": rid, "restarts": restarts})
+        if self._on_start is not None:
+            self._on_start(rid, restarts, time.perf_counter() - started, None)
+        log.info("started replica", extra={**_about(rid), "restarts": restarts})
         self._watch(status.id, rid)
 
     def _watch(self, container_id: str, rid: str) -> None:
@@ -386,7 +401,7 @@ class Reconciler:
     async def _wait_for_exit(self, container_id: str, rid: str) -> None:
         try:
             code = await self.driver.wait(container_id)
-            log.info("replica exited", extra={"replica": rid, "exit_code": code})
+            log.info("replica exited", extra={**_about(rid), "exit_code": code})
         except runtime.DriverError:
             pass
         finally:
@@ -400,6 +415,20 @@ class Reconciler:
             limiter = trio.CapacityLimiter(MAX_PARALLEL_ACTIONS)
             for status in statuses:
                 nursery.start_soon(self._stop_and_remove, status, 5.0, limiter)
+
+
+def _about(replica_id: str) -> dict[str, str]:
+    """Log fields naming a replica and its workload (replica ids are ``{workload}-{index}``)."""
+    return {"workload": replica_id.rpartition("-")[0] or replica_id, "replica": replica_id}
+
+
+def _about_container(status: runtime.ContainerStatus) -> dict[str, str]:
+    rid = status.labels.get(LABEL_REPLICA, status.id)
+    fields = _about(rid)
+    if LABEL_WORKLOAD in status.labels:
+        fields["workload"] = status.labels[LABEL_WORKLOAD]
+    fields["container"] = status.id
+    return fields
 
 
 def _restarts(status: runtime.ContainerStatus) -> int:

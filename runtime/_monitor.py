@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import json
 import os
 import select
@@ -150,47 +149,6 @@ class PidWatch:
             os.close(self.pidfd)
             self.pidfd = None
             self.done = True
-
-
-async def run_quiet(argv: list[str], timeout: float) -> int:
-    """Run a short command with no stdio (its errors go to its own log); its exit code.
-
-    ``posix_spawn`` plus a pidfd: cheaper than ``trio.run_process``, whose pipes
-    and thread hops cost milliseconds on every runtime call. The command is
-    killed if it outlives ``timeout``.
-    """
-    devnull = os.open(os.devnull, os.O_RDWR)
-    try:
-        pid = os.posix_spawn(
-            argv[0],
-            argv,
-            {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, devnull, 0),
-                (os.POSIX_SPAWN_DUP2, devnull, 1),
-                (os.POSIX_SPAWN_DUP2, devnull, 2),
-            ],
-        )
-    finally:
-        os.close(devnull)
-    watch = PidWatch(pid, os.pidfd_open(pid))
-    try:
-        with trio.move_on_after(timeout) as scope:
-            await watch.wait()
-        if scope.cancelled_caught:
-            assert watch.pidfd is not None
-            send_signal(watch.pidfd, signal.SIGKILL)
-            with trio.CancelScope(shield=True):
-                await watch.wait()
-            return 128 + signal.SIGKILL
-        return watch.reaped_code if watch.reaped_code is not None else 255
-    finally:
-        if not watch.done:  # cancelled from outside: do not leave it unreaped
-            assert watch.pidfd is not None
-            send_signal(watch.pidfd, signal.SIGKILL)
-            with trio.CancelScope(shield=True):
-                await watch.wait()
-        watch.close()
 
 
 class Shim:
@@ -420,11 +378,3 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def ignore_enoent(func: Callable[[], object]) -> None:
-    try:
-        func()
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise

@@ -2,13 +2,16 @@
 
 Each container has a directory ``<state_dir>/<driver>/containers/<id>/``::
 
-    spec.json      the ContainerSpec, written first (a directory without it is debris)
     shim.json      the shim's pid and start time (to tell it from a reused pid)
-    started.json   written by the shim: the main pid, when it started
+    spec.json      the ContainerSpec, written just before the shim gets its job: a
+                   directory without it is debris of an interrupted start
+    started.json   written by the shim: the main pid, its start time, when it started
     exit.json      written by the shim: exit_code, oom_killed, finished_at
     cleaned        written by the shim after its cleanup (oci: runc delete, unmount)
     container.log  stdout + stderr, rotated to container.log.1, .2, ...
     shim.log       the shim's own complaints, if any
+    bundle/, runtime.log, container.pid, upper/, work/   (oci) the OCI bundle, the
+                   runtime's JSON log, the init pid, the overlay of a writable root
 
 The agent waits for the shim through a pidfd; after an agent restart ``adopt``
 rebuilds the same records from these files, so no exit code is lost.
@@ -22,9 +25,8 @@ import json
 import os
 import shutil
 import signal
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from runtime._monitor import (
     PidWatch,
     ShimPool,
     open_pidfd,
+    pidfd_exited,
     read_json,
     read_logs,
     send_signal,
@@ -67,7 +70,6 @@ class Record:
     started_at: float | None = None
     exit: dict[str, Any] | None = None
     lost_code: int | None = None  # exit status reaped by the agent when the shim died
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
         self.shim.close()
@@ -97,7 +99,10 @@ class ShimDriver:
         self.log_backups = max(0, log_backups)
         self.root = self.state_dir / self.kind
         self.containers_dir = self.root / "containers"
-        self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.containers_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise DriverError(f"cannot use state_dir {self.state_dir}: {exc.strerror}") from exc
         set_child_subreaper()
         self._pool = ShimPool(self.root / "spare.pid")
         self._records: dict[str, Record] = {}
@@ -180,6 +185,20 @@ class ShimDriver:
             labels=spec.labels,
         )
 
+    def _running(self, record: Record) -> bool:
+        """The container lives: its shim does, or (the shim was killed) its main process."""
+        if not record.shim.poll():
+            return True
+        if self._exit_code(record) is not None or record.main_pidfd is None:
+            return False
+        return not pidfd_exited(record.main_pidfd)
+
+    async def _gone(self, record: Record) -> None:
+        """Wait until the shim and the container have both ended."""
+        await record.shim.wait()
+        if self._exit_code(record) is None:
+            await self._recover_lost_exit(record)
+
     async def wait(self, container_id: str) -> int:
         record = self._get(container_id)
         await record.shim.wait()
@@ -196,15 +215,15 @@ class ShimDriver:
         if record is None:
             await trio.lowlevel.checkpoint()
             return None
-        if not record.shim.poll():
+        if self._running(record):
             self.signal(record, signal.SIGTERM)
             with trio.move_on_after(max(0.0, grace)):
-                await record.shim.wait()
-            if not record.shim.poll():
+                await self._gone(record)
+            if self._running(record):
                 self.signal(record, signal.SIGKILL)
                 with trio.move_on_after(KILL_TIMEOUT):
-                    await record.shim.wait()
-                if not record.shim.done:
+                    await self._gone(record)
+                if self._running(record):
                     raise RuntimeFailedError(
                         f"{container_id}: still running {KILL_TIMEOUT:.0f}s after SIGKILL"
                     )
@@ -215,7 +234,7 @@ class ShimDriver:
 
     async def remove(self, container_id: str) -> None:
         record = self._get(container_id)
-        if not record.shim.poll():
+        if self._running(record):
             await self.stop(container_id, 0)
         await self._discard(container_id, record.dir, record)
 
@@ -256,12 +275,8 @@ class ShimDriver:
                 record.main_pid = int(started["pid"])
                 record.started_at = float(started["started_at"])
                 record.main_pidfd = open_pidfd(record.main_pid, started.get("start_time"))
-            self.load_extra(record)
             self._records[spec.id] = record
         return await self.list()
-
-    def load_extra(self, record: Record) -> None:
-        """Restore driver-specific bits of a record on adopt."""
 
     async def close(self) -> None:
         if self._closed:
@@ -314,7 +329,9 @@ class ShimDriver:
         oom = False
         finished_at = None
         pid = record.main_pid
-        if record.shim.poll():
+        if record.shim.poll() and self._running(record):
+            state = "running"  # its shim was killed; the container still runs
+        elif record.shim.poll():
             info = self._exit_info(record) or {}
             exit_code = self._exit_code(record)
             oom = bool(info.get("oom_killed", False))
@@ -338,12 +355,13 @@ class ShimDriver:
 
     async def _discard(self, container_id: str, directory: Path, record: Record | None) -> None:
         if record is not None:
-            if not record.shim.poll():
+            if self._running(record):
                 self.signal(record, signal.SIGKILL)
                 with trio.move_on_after(KILL_TIMEOUT):
-                    await record.shim.wait()
+                    await self._gone(record)
             if record.shim.pidfd is not None:
                 try_reap(record.shim.pidfd)
+            self._exit_info(record)  # keep the exit code for waiters still holding the record
             await self.cleanup(record)
             record.close()
             self._records.pop(container_id, None)
@@ -358,7 +376,3 @@ class ShimDriver:
 def _rmtree(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)
-
-
-def now() -> float:
-    return time.time()

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from runtime.errors import RuntimeNotFoundError, SpecError
+from runtime.errors import DriverError, RuntimeNotFoundError, SpecError
 
 BUSYBOX_CANDIDATES = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 _MARKER = ".hypha-busybox-rootfs"
@@ -66,6 +66,13 @@ def build_busybox_rootfs(dest: Path) -> Path:
         return dest
     if dest.exists() and any(dest.iterdir()) and not marker.exists():
         raise SpecError("dest", f"{dest} exists and is not a busybox rootfs built by Hypha")
+    try:
+        return _build(busybox, dest, stamp)
+    except OSError as exc:
+        raise DriverError(f"cannot build a busybox rootfs at {dest}: {exc}") from exc
+
+
+def _build(busybox: Path, dest: Path, stamp: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     applets = subprocess.run(
         [str(busybox), "--list-full"], check=True, capture_output=True, text=True

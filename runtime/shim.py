@@ -20,6 +20,8 @@ shim waiting, so a container start does not pay for the interpreter's start.
    empty cgroup parents), writes ``cleaned`` and exits.
 
 Every child it gets is reaped by pid; being its own subreaper, that is all of them.
+It runs isolated (``-I``), so it cannot import its sibling modules: the few helpers
+it shares with ``_monitor.py`` (``proc_start_time``) are written out again here.
 """
 
 from __future__ import annotations

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 import click
@@ -139,6 +142,74 @@ def heal_command() -> None:
     """Remove every iptables rule chaos added (tagged 'hypha-chaos')."""
     removed = faults.heal()
     click.echo(f"removed {removed} chaos rule(s)")
+
+
+@chaos.command()
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same faults.")
+@click.option(
+    "--duration", type=click.FloatRange(min=10), default=600, show_default=True, help="Seconds."
+)
+@click.option("--nodes", type=click.IntRange(3, 9), default=5, show_default=True)
+@click.option(
+    "--driver",
+    type=click.Choice(["process", "oci", "auto"]),
+    default="process",
+    show_default=True,
+    help="How the agents run replicas.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["lan", "local"]),
+    default="lan",
+    show_default=True,
+    help="Gossip timers of the agents.",
+)
+@click.option(
+    "--dir",
+    "base_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data dirs of the agents [a new temporary dir, removed after].",
+)
+@click.option("--first-address", default="127.0.3.2", show_default=True)
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write here.")
+def soak(
+    seed: int,
+    duration: float,
+    nodes: int,
+    driver: str,
+    preset: str,
+    base_dir: Path | None,
+    first_address: str,
+    report: Path | None,
+) -> None:
+    """Start NODES agents, run a workload mix, inject the seed's faults for DURATION
+    seconds, heal, and check the invariants. Exits 1 if any was violated."""
+    from agent.chaos.soak import Soak
+
+    faults._iptables()  # fail now, not after the cluster started
+    temporary = base_dir is None
+    base = Path(tempfile.mkdtemp(prefix="hypha-soak-")) if base_dir is None else base_dir
+    try:
+        run = Soak(
+            seed=seed,
+            duration=duration,
+            nodes=nodes,
+            base=base,
+            driver=driver,
+            preset=preset,
+            first_host=first_address,
+            log=lambda line: click.echo(line, err=True),
+        )
+        result = run.run()
+    finally:
+        if temporary:
+            shutil.rmtree(base, ignore_errors=True)
+    text = result.summary()
+    click.echo(text)
+    if report is not None:
+        report.write_text(text + "\n")
+    if result.violations:
+        sys.exit(1)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -379,6 +379,7 @@ class RaftNode:
         self._saved_voters: list[str] = []
         self._isolated_since: float | None = None
         self._orphan_check_after = orphan_check_after
+        self._promotion_check_at = 0.0
         self._tick_jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._status_cache: dict[str, Any] = {}
         self._last_leader: tuple[str | None, int, bool] | None = None
@@ -696,7 +697,7 @@ class RaftNode:
             if self._role == "replica" and self.self_addr in {
                 n.address for n in self._sync.otherNodes
             }:
-                await self._promote_self()
+                await self._promote_if_confirmed()
             await self._check_orphaned()
             if self._frozen_state is not None and self.last_applied >= self._frozen_state_index:
                 self._frozen_state = None
@@ -744,6 +745,30 @@ class RaftNode:
                 self._ready_term = term
                 self._poke.set()
             return
+
+    async def _promote_if_confirmed(self) -> None:
+        """Promote only if the leader (or a voter) confirms we are in the voter set now.
+
+        A replica replaying the log passes through every past membership change: an old
+        "add" of our own address makes us look like a voter until the later "remove"
+        is applied. Acting on that made a replaced voter flap between replica and voter
+        for minutes (found by the chaos soak). The leader's current view decides; we
+        ask at most once a second."""
+        now = trio.current_time()
+        if now < self._promotion_check_at:
+            return
+        self._promotion_check_at = now + 1.0
+        ask = [a for a in (self.leader, *self.voters()) if a and a != self.self_addr]
+        if not ask:
+            return
+        try:
+            voters = await trio.to_thread.run_sync(
+                discover_voters, list(dict.fromkeys(ask)), self._password, 2.0
+            )
+        except ConsensusError:
+            return  # nobody answers now; ask again later
+        if self._role == "replica" and self.self_addr in voters:
+            await self._promote_self()
 
     async def _promote_self(self) -> None:
         """The leader added us as a voter: rebuild as one (same address, voter files)."""

@@ -125,6 +125,7 @@ class LocalAgent:
         if self.cluster.runtime_path:
             argv += ["--runtime-path", self.cluster.runtime_path]
         argv.append("--stop-on-exit" if stop_on_exit else "--no-stop-on-exit")
+        argv += self.cluster.agent_args
         for seed in join:
             argv += ["--join", seed]
         return argv
@@ -209,8 +210,10 @@ class LocalCluster:
         driver: str = "process",
         preset: str = "local",
         runtime_path: str | None = None,
+        agent_args: list[str] | None = None,
     ) -> None:
         self.base = base
+        self.agent_args = list(agent_args or [])  # more flags for every `hypha agent`
         self.tag = "t" + secrets.token_hex(3)
         self.driver = driver
         self.preset = preset
@@ -232,6 +235,17 @@ class LocalCluster:
             60,
             "every agent to see the others",
         )
+        # Alive in gossip is not yet schedulable: an agent publishes its capacity only
+        # once Raft runs, and it takes a gossip round to reach the leader.
+        wait_until(self.schedulable, 60, "every agent to see every node's capacity")
+
+    def schedulable(self) -> bool:
+        for agent in self.agents:
+            nodes = agent.client().get("/v1/nodes")["nodes"]
+            ready = [n for n in nodes if n["state"] == "alive" and n.get("capacity")]
+            if len(ready) != len(self.agents):
+                return False
+        return True
 
     def alive_members(self, agent: LocalAgent) -> int:
         members = agent.client().get("/v1/members")["members"]
@@ -308,7 +322,7 @@ class LocalCluster:
         # own with --stop-on-exit so it adopts and stops them, then terminate it.
         leftovers = self.host_processes()
         for agent in self.agents:
-            if agent.name in leftovers or (self.driver == "oci" and agent.data_dir.exists()):
+            if agent.name in leftovers:
                 try:
                     agent.start(stop_on_exit=True, wait=True, alone=True)
                 except AssertionError:

@@ -125,8 +125,7 @@ async def no_leaks(dut: DriverUnderTest) -> AsyncIterator[DriverUnderTest]:
         }
         if new_children:
             problems.append(f"child processes or zombies left: {new_children}")
-        if dut.kind != "mock":
-            shutil.rmtree(dut.state_dir, ignore_errors=True)
+        shutil.rmtree(dut.state_dir, ignore_errors=True)
         assert not problems, "; ".join(problems)
 
 

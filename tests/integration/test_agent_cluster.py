@@ -214,3 +214,42 @@ def test_errors_as_a_new_user_meets_them(
     assert [r["replica_id"] for r in ps["replicas"]] == ["once-0"]
     assert hypha_cli(api, "rm", "once").returncode == 0
     wait_until(lambda: not _actual(cluster), 60, "the container to be gone")
+
+    # A replica that keeps failing is restarted under its policy, then reported with
+    # its exit code.
+    result = hypha_cli(
+        api,
+        "run",
+        "crash",
+        *image,
+        "--restart",
+        "on-failure:1",
+        "--",
+        "sh",
+        "-c",
+        "echo failing; exit 3",
+    )
+    assert result.returncode == 0, result.stderr
+
+    def crashed() -> dict[str, object] | None:
+        rows = as_json(hypha_cli(api, "ps", "crash", "--json"))["replicas"]
+        row: dict[str, object] = rows[0]
+        return row if row["state"] == "exited" else None
+
+    row = wait_until(crashed, 60, "the crashing replica to give up")
+    assert row["exit_code"] == 3 and row["restarts"] == 1
+    assert "exited (3)" in hypha_cli(api, "ps").stdout
+    assert hypha_cli(api, "rm", "crash").returncode == 0
+
+    # A replica that fits nowhere is pending, and every agent says why.
+    result = hypha_cli(api, "run", "huge", *image, "--memory", "900Gi", "--", "true")
+    assert result.returncode == 0, result.stderr
+
+    def pending_reason() -> str | None:
+        rows = as_json(hypha_cli(api, "ps", "huge", "--json"))["replicas"]
+        reason: str | None = rows[0]["error"] if rows[0]["state"] == "pending" else None
+        return reason
+
+    reason = wait_until(pending_reason, 30, "a pending reason on a follower")
+    assert "memory" in reason, reason
+    assert hypha_cli(api, "rm", "huge").returncode == 0

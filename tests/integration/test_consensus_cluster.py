@@ -70,6 +70,9 @@ def test_replicas_get_promoted_and_a_dead_voter_is_replaced(cluster: Cluster) ->
         wait_for(lambda n=node: workload_on(n, "web"), 20, f"web on {node.addr}")
     assert spare.status()["role"] == "replica"
     assert len(voters_of(nodes[0])) == 3  # the target: no fourth voter while all are alive
+    # A long log between the victim's promotion and its removal, as in a real cluster:
+    # a node that later replays it passes through "I am a voter" for a while.
+    cluster.leader().request("bench_commit", timeout=120, n=300)
 
     # A follower dies; gossip (the fake membership) says so; the spare replaces it.
     leader = cluster.leader()
@@ -101,6 +104,12 @@ def test_replicas_get_promoted_and_a_dead_voter_is_replaced(cluster: Cluster) ->
     wait_for(lambda: back.status()["role"] == "replica", 60, "the old voter demoted")
     wait_for(lambda: back.request("state")["fingerprint"]["node_admin"], 30, "state on it")
     assert voters_of(cluster.leader()) == expected
+    # And it stays a replica: replaying the old "add" of itself from the log must not
+    # make it promote itself again (found by the chaos soak: it flapped for minutes).
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        assert back.status()["role"] == "replica", "the old voter promoted itself again"
+        time.sleep(0.2)
 
 
 def test_leader_sigkill_elects_a_new_leader_that_commits(cluster: Cluster) -> None:

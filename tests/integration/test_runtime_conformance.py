@@ -127,6 +127,21 @@ async def test_stop_escalates_to_kill(dut: DriverUnderTest) -> None:
     await dut.driver.remove("stubborn")
 
 
+async def test_waiters_get_the_code_when_another_task_removes(dut: DriverUnderTest) -> None:
+    await dut.driver.start(dut.spec("busy", "run" if dut.kind == "mock" else "sleep 1000"))
+    codes: list[int] = []
+
+    async def waiter() -> None:
+        codes.append(await dut.driver.wait("busy"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        nursery.start_soon(waiter)
+        await trio.sleep(0.1)
+        await dut.driver.remove("busy")
+    assert len(codes) == 2 and codes[0] == codes[1] and codes[0] in (137, 143)
+
+
 async def test_stop_unknown_is_none_and_others_raise(dut: DriverUnderTest) -> None:
     assert await dut.driver.stop("nope", grace=1) is None
     with pytest.raises(ContainerNotFoundError):

@@ -4,6 +4,7 @@ runtime errors, two agents on one host, and re-adoption after ``kill -9``."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from runtime import ContainerSpec, SpecError, StartError
+from runtime import ContainerSpec, RuntimeNotFoundError, SpecError, StartError
 from runtime.oci import OciDriver
 from runtime.rootfs import build_busybox_rootfs
 from tests.conftest import require_binary, require_root
@@ -286,3 +287,44 @@ async def test_kill_9_agent_then_adopt(kind: str) -> None:
         assert await output(again, "long") == b"started\n"
         # busybox sh as a container's PID 1 ignores SIGTERM; as a plain process it dies.
         assert await again.driver.stop("long", grace=0.5) == (137 if kind == "oci" else 143)
+
+
+async def test_open_driver_auto_says_which_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import open_driver
+
+    require_root()
+    runc = require_binary("runc")
+    state_dir = new_state_dir()
+    try:
+        driver, why = open_driver("auto", state_dir=state_dir, prefix="tauto")
+        await driver.close()
+        assert driver.name == "oci" and why.startswith("oci: runc ") and "PATH" in why
+        monkeypatch.setenv("PATH", str(state_dir))  # no runtime to be found
+        driver, why = open_driver("auto", state_dir=state_dir, prefix="tauto")
+        await driver.close()
+        assert driver.name == "process" and "no OCI runtime" in why
+        with pytest.raises(RuntimeNotFoundError):
+            open_driver("oci", state_dir=state_dir, prefix="tauto")
+        driver, why = open_driver(
+            "oci", state_dir=state_dir, prefix="tauto", runtime_path=Path(runc)
+        )
+        await driver.close()
+        assert driver.version.startswith("runc ") and "asked for" in why
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+async def test_a_killed_shim_loses_nothing(oci: DriverUnderTest) -> None:
+    """The container becomes the agent's child: stop, exit code and cleanup still work."""
+    await oci.driver.start(oci.spec("headless", "echo up; sleep 1000"))
+    with trio.fail_after(30):
+        while await output(oci, "headless") != b"up\n":  # the shim has logged it
+            await trio.sleep(0.02)
+    info = json.loads((oci.state_dir / "oci/containers/headless/shim.json").read_text())
+    os.kill(info["pid"], signal.SIGKILL)
+    await trio.sleep(0.2)
+    [status] = await oci.driver.list()
+    assert status.state == "running"
+    assert await oci.driver.stop("headless", grace=0.2) == 137
+    assert await output(oci, "headless") == b"up\n"
+    await oci.driver.remove("headless")  # runc delete, cgroups: checked by the fixture

@@ -68,6 +68,19 @@ async def test_exit_code_survives_a_killed_monitor() -> None:
             assert await dut.driver.wait("orphan") == 4
 
 
+async def test_stop_and_remove_work_without_the_monitor() -> None:
+    dut = open_process()
+    async with no_leaks(dut):
+        await dut.driver.start(ContainerSpec(id="headless", command=("sleep", "1000")))
+        info = (dut.state_dir / "process/containers/headless/shim.json").read_text()
+        os.kill(int(info.split('"pid": ')[1].split(",")[0]), signal.SIGKILL)
+        await trio.sleep(0.2)
+        [status] = await dut.driver.list()
+        assert status.state == "running" and status.pid
+        assert await dut.driver.stop("headless", grace=5) == 143  # the agent reaped it
+        await dut.driver.remove("headless")
+
+
 async def test_children_left_behind_are_killed() -> None:
     dut = open_process()
     async with no_leaks(dut):

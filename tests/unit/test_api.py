@@ -153,3 +153,27 @@ async def test_tcp_needs_the_token_and_followers_forward_writes(
     assert "web" in leader_backend.workloads and not follower.workloads
     with pytest.raises(NotFoundError, match="no workload named 'ghost'"):
         await call(client.delete, "/v1/workloads/ghost")
+
+
+async def test_a_dead_leader_is_looked_up_again(nursery: trio.Nursery, tmp_path: Path) -> None:
+    leader_backend = FakeBackend()
+    leader_sock = tcp_listener("127.0.0.1", 0)
+    leader_api = f"http://127.0.0.1:{leader_sock.getsockname()[1]}"
+    await nursery.start(serve_api, ApiApp(leader_backend, tokens=["t" * 32]), leader_sock)
+    dead = tcp_listener("127.0.0.1", 0)
+    dead_api = f"http://127.0.0.1:{dead.getsockname()[1]}"
+    dead.close()  # nothing listens there: the old leader just died
+
+    follower = FakeBackend(leader=dead_api)
+    path = tmp_path / "follower.sock"
+    app = ApiApp(follower, peer=PeerClient("t" * 32))
+    await nursery.start(serve_api, app, unix_listener(path))
+
+    async def elect() -> None:
+        await trio.sleep(1.0)
+        follower.leader = leader_api
+
+    nursery.start_soon(elect)
+    client = ApiClient(f"unix:{path}")
+    created = await call(client.post, "/v1/workloads", {"spec": SPEC})
+    assert created["name"] == "web" and "web" in leader_backend.workloads

@@ -94,3 +94,32 @@ def test_completion_script() -> None:
     result = hypha("completion", "bash")
     assert result.returncode == 0
     assert "_HYPHA_COMPLETE" in result.stdout
+
+
+def test_an_agent_that_dies_mid_answer_is_unreachable(tmp_path: Path) -> None:
+    """A truncated HTTP answer is the agent going away, not a crash of the client."""
+    import socket
+    import threading
+
+    from agent.client import ApiClient
+    from agent.errors import AgentUnreachableError
+
+    path = tmp_path / "api.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def answer_half() -> None:
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial"')
+        conn.close()
+
+    thread = threading.Thread(target=answer_half)
+    thread.start()
+    try:
+        with pytest.raises(AgentUnreachableError, match="cannot reach the agent"):
+            ApiClient(f"unix:{path}", timeout=5).get("/v1/status")
+    finally:
+        thread.join(timeout=5)
+        server.close()

@@ -119,3 +119,26 @@ async def test_open_mock_and_process(tmp_path: Path) -> None:
         assert driver.name == "process" and why.startswith("process")
     finally:
         await driver.close()
+
+
+def test_an_unusable_state_dir_is_a_driver_error(tmp_path: Path) -> None:
+    from runtime import DriverError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(DriverError, match="cannot use state_dir"):
+        open_driver("process", state_dir=blocker / "sub", prefix="a")
+
+
+def test_busybox_rootfs_refuses_relative_and_foreign_dirs(tmp_path: Path) -> None:
+    from runtime import build_busybox_rootfs
+    from tests.conftest import require
+
+    with pytest.raises(SpecError):
+        build_busybox_rootfs(Path("relative"))
+    require(Path("/bin/busybox").exists(), "busybox-static is not installed")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious").write_text("x")
+    with pytest.raises(SpecError) as info:
+        build_busybox_rootfs(tmp_path / "mine")
+    assert info.value.field == "dest"

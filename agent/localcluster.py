@@ -1,0 +1,328 @@
+"""A cluster of real ``hypha agent`` processes on this machine's loopback aliases.
+
+Used by the chaos soak (and meant for ``hypha up`` and the integration tests):
+every agent runs ``python -m agent agent`` on its own address (127.0.X.Y), with
+its own data dir under ``base`` and a shared generated secret. Each process runs
+in its own session, so a fault (SIGKILL, SIGSTOP) hits exactly one agent, and
+``stop()`` cleans up even after agents were killed: a dead agent is started once
+more alone with ``--stop-on-exit`` so it adopts and stops its containers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.client import ApiClient
+from agent.errors import HyphaError
+from agent.secrets import generate_secret, write_secret
+
+T = TypeVar("T")
+
+
+def wait_until(
+    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25
+) -> T:
+    """Poll ``condition`` until it returns something truthy; else ``HyphaError`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            value = condition()
+        except HyphaError as exc:
+            last_error = exc
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise HyphaError(
+                f"timed out after {timeout:.0f}s waiting for {what}"
+                + (f" (last error: {last_error})" if last_error else "")
+            )
+        time.sleep(interval)
+
+
+def hosts_from(first: str, count: int) -> list[str]:
+    """``count`` consecutive IPv4 addresses starting at ``first``."""
+    parts = [int(p) for p in first.split(".")]
+    base = (parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]
+    out = []
+    for i in range(count):
+        value = base + i
+        out.append(".".join(str((value >> s) & 255) for s in (24, 16, 8, 0)))
+    return out
+
+
+def free_port(hosts: list[str]) -> int:
+    """A port free for UDP (gossip) and port + 1 free for TCP (Raft) on every host."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((hosts[0], 0))
+            port = int(probe.getsockname()[1])
+        if port >= 65000:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for host in hosts:
+                for kind, p in ((socket.SOCK_DGRAM, port), (socket.SOCK_STREAM, port + 1)):
+                    s = socket.socket(socket.AF_INET, kind)
+                    held.append(s)
+                    s.bind((host, p))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise HyphaError("no free port pair on the loopback addresses")
+
+
+class AgentProcess:
+    """One agent of a ``LocalCluster``."""
+
+    def __init__(self, cluster: LocalCluster, index: int, host: str) -> None:
+        self.cluster = cluster
+        self.index = index
+        self.host = host
+        self.name = f"{cluster.name_prefix}n{index + 1}"
+        self.data_dir = cluster.base / f"n{index + 1}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.paused = False
+
+    @property
+    def api(self) -> str:
+        return f"unix:{self.data_dir / 'api.sock'}"
+
+    @property
+    def seed_address(self) -> str:
+        return f"{self.host}:{self.cluster.port}"
+
+    def client(self, timeout: float = 10.0) -> ApiClient:
+        return ApiClient(self.api, timeout=timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def argv(self, join: list[str], stop_on_exit: bool) -> list[str]:
+        c = self.cluster
+        argv = [sys.executable, "-m", "agent", "-v", "agent", "--name", self.name]
+        argv += ["--bind", self.seed_address, "--data-dir", str(self.data_dir)]
+        argv += ["--secret-file", str(c.secret), "--driver", c.driver]
+        argv += ["--gossip-preset", c.preset]
+        argv.append("--stop-on-exit" if stop_on_exit else "--no-stop-on-exit")
+        for seed in join:
+            argv += ["--join", seed]
+        return argv + list(c.extra_args)
+
+    def start(self, *, stop_on_exit: bool = False, alone: bool = False, wait: bool = True) -> None:
+        """Start (or restart) the agent; a restart joins through every other agent."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if alone:
+            join: list[str] = []
+        elif self.cluster.started:
+            join = [a.seed_address for a in self.cluster.agents if a is not self]
+        else:
+            join = [] if self.index == 0 else [self.cluster.agents[0].seed_address]
+        with open(self.data_dir / "agent.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv(join, stop_on_exit),
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.paused = False
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise HyphaError(f"agent {self.name} exited ({code}): {self.log_tail(3)}")
+            self.client(timeout=5).get("/v1/status")
+            return True
+
+        wait_until(ready, timeout, f"agent {self.name} to serve its API")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = (self.data_dir / "agent.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL: the agent dies at once; its containers keep running."""
+        if self.proc is not None and self.proc.poll() is None:
+            if self.paused:
+                self.resume()
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def pause(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def terminate(self, timeout: float = 40.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.paused:
+            self.resume()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+class LocalCluster:
+    """``size`` agents on ``first_host`` and the addresses after it, all on one port pair."""
+
+    def __init__(
+        self,
+        base: Path,
+        size: int,
+        *,
+        driver: str = "process",
+        preset: str = "local",
+        first_host: str = "127.0.3.2",
+        name_prefix: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.base = base
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.driver = driver
+        self.preset = preset
+        self.extra_args = extra_args
+        self.name_prefix = name_prefix if name_prefix is not None else secrets.token_hex(2) + "-"
+        self.secret = base / "secret"
+        if not self.secret.exists():
+            write_secret(self.secret, generate_secret())
+        hosts = hosts_from(first_host, size)
+        self.port = free_port(hosts)
+        self.agents = [AgentProcess(self, i, host) for i, host in enumerate(hosts)]
+        self.started = False
+
+    def by_name(self, name: str) -> AgentProcess:
+        for agent in self.agents:
+            if agent.name == name:
+                return agent
+        raise HyphaError(f"no agent named {name!r} in this cluster")
+
+    def start(self, timeout: float = 90.0) -> None:
+        for agent in self.agents:
+            agent.start()
+        self.started = True
+        wait_until(
+            lambda: all(self.alive_members(a) == len(self.agents) for a in self.agents),
+            timeout,
+            "every agent to see the others alive",
+        )
+
+    def alive_members(self, agent: AgentProcess) -> int:
+        members = agent.client().get("/v1/members")["members"]
+        return sum(1 for m in members if m["state"] == "alive")
+
+    def client(self, timeout: float = 10.0) -> ApiClient:
+        """A client of some running, unpaused agent."""
+        for agent in self.agents:
+            if agent.running and not agent.paused:
+                return agent.client(timeout)
+        raise HyphaError("no agent of the cluster is running")
+
+    def replica_processes(self) -> dict[str, set[str]]:
+        """Replica ids really running on this host, by node, from the processes' environment."""
+        found: dict[str, set[str]] = {}
+        names = {a.name for a in self.agents}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                env = dict(
+                    item.split(b"=", 1)
+                    for item in (entry / "environ").read_bytes().split(b"\0")
+                    if b"=" in item
+                )
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if ") Z" in stat:
+                continue
+            node = env.get(b"HYPHA_NODE", b"").decode(errors="replace")
+            replica = env.get(b"HYPHA_REPLICA", b"").decode(errors="replace")
+            if node in names and replica:
+                found.setdefault(node, set()).add(replica)
+        return found
+
+    def _host_pids(self) -> list[int]:
+        names = {a.name.encode() for a in self.agents}
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                env = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(item.startswith(b"HYPHA_NODE=") and item[11:] in names for item in env):
+                pids.append(int(entry.name))
+        return pids
+
+    def stop(self) -> None:
+        """Stop every agent and every replica, even after SIGKILLs and failures."""
+        for agent in self.agents:
+            if agent.paused:
+                agent.resume()
+        with contextlib.suppress(HyphaError, KeyError, TypeError):
+            client = self.client()
+            for workload in client.get("/v1/workloads")["workloads"]:
+                client.delete(f"/v1/workloads/{workload['name']}")
+            wait_until(lambda: not self.replica_processes(), 30, "replicas to stop")
+        for agent in self.agents:
+            agent.terminate()
+        leftovers = self.replica_processes()
+        for agent in self.agents:
+            if agent.name in leftovers or self.driver == "oci":
+                try:
+                    agent.start(stop_on_exit=True, alone=True)
+                except HyphaError:
+                    continue
+                agent.terminate()
+        for pid in self._host_pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    def dump(self) -> str:
+        return "\n".join(
+            f"--- {a.name} ({'running' if a.running else 'stopped'})\n{a.log_tail()}"
+            for a in self.agents
+        )
+
+
+def status_of(agent: AgentProcess, timeout: float = 3.0) -> dict[str, Any] | None:
+    """The agent's ``/v1/status``, or ``None`` if it does not answer."""
+    try:
+        data: dict[str, Any] = agent.client(timeout).get("/v1/status")
+    except HyphaError:
+        return None
+    return data
