@@ -8,6 +8,7 @@ one line, ``hypha: error: ...``, and exit non-zero; ``--debug`` shows tracebacks
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,6 +140,20 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     sys.exit(code)
 
 
+def _command_name(args: Sequence[str]) -> str | None:
+    """The subcommand in ``args``, skipping global options and their values."""
+    takes_value = {"--api", "--token-file"}
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in takes_value:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI, turning expected errors into one line and an exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -164,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
+        if _command_name(args) == "agent":
+            # A long-running agent that dies of a bug must leave the whole story in its
+            # log (its stderr); an interactive command stays at one line.
+            logging.getLogger("hypha.agent").critical("agent crashed", exc_info=exc)
         fail(
             f"internal error: {type(exc).__name__}: {exc} (this is a bug in Hypha; "
             "run again with --debug for the traceback)",

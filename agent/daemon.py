@@ -42,6 +42,7 @@ from agent.errors import (
     ConflictError,
     ConsensusError,
     GossipUnavailableError,
+    HyphaError,
     NotFoundError,
     NotLeaderError,
     RuntimeUnavailableError,
@@ -66,6 +67,16 @@ from agent.reconciler import DesiredReplica, Reconciler, ReplicaReport
 from agent.secrets import derive_key, load_secret
 from agent.server import serve_api, tcp_listener, unix_listener
 from agent.spec import WorkloadSpec, split_replica_id
+from agent.workloads import (
+    batch_status,
+    history_rows,
+    is_available,
+    join_spec,
+    meta_for_put,
+    rollout_plan,
+    spec_dict_at,
+    split_spec,
+)
 
 log = logging.getLogger("hypha.agent")
 
@@ -146,6 +157,7 @@ class Agent:
                     node=self.name,
                     desired=self._desired_replicas,
                     on_report=self._publish_replicas,
+                    keep_running=self._keep_running,
                     on_start=self._container_started,
                 )
                 self.leader_loop = self._make_leader_loop()
@@ -538,7 +550,7 @@ class Agent:
         the chaos soak)."""
         spec = self._spec_cache.get(spec_json)
         if spec is None:
-            spec = WorkloadSpec.from_dict(dict(spec_dict))
+            spec = WorkloadSpec.from_dict(split_spec(spec_dict)[0])
             if len(self._spec_cache) > 1000:
                 self._spec_cache.clear()
             self._spec_cache[spec_json] = spec
@@ -555,7 +567,7 @@ class Agent:
                     extra={"workload": record.name, "error": str(exc)},
                 )
                 continue
-            views.append(WorkloadView(record.name, spec, record.version))
+            views.append(WorkloadView(record.name, spec, record.version, record.spec))
         return views
 
     def _read_desired(self) -> tuple[list[WorkloadView], list[PlacementView]]:
@@ -574,8 +586,43 @@ class Agent:
             workload = workloads.get(p.workload)
             if workload is None:
                 continue
-            result[p.replica_id] = DesiredReplica(p.replica_id, workload.spec, workload.version)
+            spec = self._spec_at(workload, p.spec_version)
+            result[p.replica_id] = DesiredReplica(p.replica_id, spec, p.spec_version)
         return result
+
+    def _spec_at(self, workload: WorkloadView, version: int) -> WorkloadSpec:
+        """The spec a placement at ``version`` runs (an older template during a rolling
+        update; see agent/workloads.py)."""
+        if workload.spec_dict is None or version >= workload.version:
+            return workload.spec
+        data = spec_dict_at(workload.spec_dict, version)
+        key = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        spec = self._spec_cache.get(key)
+        if spec is None:
+            try:
+                spec = WorkloadSpec.from_dict(data)
+            except ConfigError:
+                spec = workload.spec
+            self._spec_cache[key] = spec
+        return spec
+
+    def _keep_running(self, rid: str) -> bool:
+        """Hand-off during a drain: a service replica that moved from this draining node
+        to another live node keeps running here until it runs (and is healthy) there.
+        Only a drain hands off: after a failure or a partition the old copy stops at
+        once, so no replica runs twice once things settle."""
+        if not self.state.node_admin(self.name).draining:
+            return False
+        placement = self.state.placement(rid)
+        if placement is None or placement.node == self.name:
+            return False
+        record = self.state.workload(placement.workload)
+        if record is None or record.spec.get("type", "service") != "service":
+            return False
+        view = self.node_views().get(placement.node)
+        if view is None or view.liveness != "alive":
+            return False
+        return not is_available(view.replicas.get(rid))
 
     def node_views(self) -> dict[str, NodeView]:
         states = self.gossip.states()
@@ -631,6 +678,16 @@ class Agent:
                 cstate.SetCredits(term=term, epoch=epoch, balances=balances)
             )
 
+        async def scale_workloads(counts: dict[str, int]) -> None:
+            for name, replicas in sorted(counts.items()):
+                log.info("scaling system job", extra={"workload": name, "replicas": replicas})
+                await self._propose_quietly(cstate.ScaleWorkload(name=name, replicas=replicas))
+
+        async def revert_workloads(reverts: dict[str, tuple[dict[str, Any], int]]) -> None:
+            for name, (spec, version) in sorted(reverts.items()):
+                log.warning("rolling back", extra={"workload": name, "from_version": version})
+                await self._propose_quietly(cstate.PutWorkload(spec=spec, expected_version=version))
+
         return LeaderLoop(
             is_leader=lambda: bool(self.raft.is_leader),
             term=lambda: int(self.raft.term),
@@ -641,6 +698,8 @@ class Agent:
             commit_credits=commit_credits,
             on_step=self.observer.leader_step,
             on_pending=self._publish_pending,
+            scale_workloads=scale_workloads,
+            revert_workloads=revert_workloads,
         )
 
     def _publish_pending(self, pending: dict[str, str]) -> None:
@@ -684,13 +743,40 @@ class Agent:
             for i in range(record.replicas)
             if reports.get(f"{record.name}-{i}", {}).get("state") == "running"
         )
-        return {
+        user_spec, _ = split_spec(record.spec)
+        data = {
             "name": record.name,
             "version": record.version,
             "replicas": record.replicas,
             "running": running,
             "tenant": record.tenant,
-            "spec": record.spec,
+            "spec": user_spec,
+            "type": user_spec.get("type", "service"),
+        }
+        data.update(self._workload_status(record, reports))
+        return data
+
+    def _workload_status(self, record: Any, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Batch status, or a service's rolling update and version history."""
+        try:
+            spec = self._spec(record.spec_json, record.spec)
+        except ConfigError:
+            return {}
+        rids = [f"{record.name}-{i}" for i in range(record.replicas)]
+        if spec.type == "batch":
+            return {"status": batch_status(spec, [reports.get(rid) for rid in rids])}
+        placements = {
+            p.replica_id: (p.node, p.spec_version)
+            for p in self.state.placements()
+            if p.workload == record.name
+        }
+        rollout = rollout_plan(
+            record.spec, record.version, spec, placements, self.node_views(), time.time()
+        )
+        return {
+            "status": rollout.status,
+            "deployment": rollout.to_dict(),
+            "history": history_rows(record.spec, record.version),
         }
 
     def _reports(self) -> dict[str, dict[str, Any]]:
@@ -752,6 +838,9 @@ class Agent:
                         row["state"] = "assigned"
                     if view is not None and view.liveness in ("dead", "left", "unknown"):
                         row["state"] = "lost"
+                    if not row.get("error") and rid in pending:
+                        # placed, but it should move (its node drains) and cannot
+                        row["error"] = f"cannot move: {pending[rid]}"
                 rows.append(row)
         return rows
 
@@ -856,6 +945,11 @@ class Agent:
     ) -> dict[str, Any]:
         parsed = WorkloadSpec.from_dict(spec)
         await self._require_leader()
+        existing_record = self.state.workload(parsed.name)
+        if parsed.type == "system":
+            # One replica per eligible node: the leader sets the count.
+            count = existing_record.replicas if existing_record is not None else 0
+            parsed = parsed.with_replicas(count)
         if create:
             existing = self.state.workload(parsed.name)
             if existing is not None:
@@ -868,9 +962,13 @@ class Agent:
             if self.state.workload(parsed.name) is None:
                 raise NotFoundError(f"no workload named {parsed.name!r} to update")
             expected = expected_version
-        result = await self.propose(
-            cstate.PutWorkload(spec=parsed.to_dict(), expected_version=expected)
-        )
+        spec_dict = parsed.to_dict()
+        if existing_record is not None and not create:
+            meta = meta_for_put(existing_record.spec, existing_record.version, spec_dict)
+            spec_dict = join_spec(spec_dict, meta)
+            if expected is None:
+                expected = existing_record.version  # the history is made from this version
+        result = await self.propose(cstate.PutWorkload(spec=spec_dict, expected_version=expected))
         assert self.leader_loop is not None
         self.leader_loop.poke()
         return {
@@ -943,9 +1041,27 @@ def _json(text: Any) -> Any:
         return None
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
 async def run_agent(config: AgentConfig, *, api_token: str | None = None) -> None:
+    """Run one agent until it is told to stop. An expected failure of any task (a join
+    nobody answers, a port in use) surfaces as that ``HyphaError``; anything else is a
+    bug: logged with its traceback, and it takes the agent down."""
     secret = load_secret(config.secret_path)
-    await Agent(config, secret=secret, api_token=api_token).run()
+    try:
+        await Agent(config, secret=secret, api_token=api_token).run()
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        expected = [e for e in leaves if isinstance(e, HyphaError)]
+        if expected and all(isinstance(e, HyphaError | trio.Cancelled) for e in leaves):
+            raise expected[0] from group
+        if not all(isinstance(e, KeyboardInterrupt | trio.Cancelled) for e in leaves):
+            log.critical("agent crashed", exc_info=group)
+        raise
 
 
 __all__ = ["Agent", "cluster_token", "container_prefix", "run_agent"]

@@ -32,6 +32,7 @@ import trio
 import scheduler
 from agent.nodes import NodeView
 from agent.spec import WorkloadSpec, replica_id
+from agent.workloads import Rollout, drain_allowance, is_finished, rollout_plan, system_plan
 
 log = logging.getLogger("hypha.leader")
 
@@ -51,6 +52,8 @@ class WorkloadView:
     name: str
     spec: WorkloadSpec
     version: int
+    spec_dict: Mapping[str, Any] | None = None
+    """The replicated spec with the agent's meta data (rolling updates need it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,9 @@ class Plan:
     pending: dict[str, str] = field(default_factory=dict)  # replica -> why it has no home
     rules: dict[str, str] = field(default_factory=dict)  # replica -> the rule that blocked it
     paused: str | None = None  # why moves were held back
+    scale: dict[str, int] = field(default_factory=dict)  # system jobs: new replica counts
+    revert: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)  # auto_revert
+    rollouts: dict[str, Rollout] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -96,7 +102,7 @@ def request_for(rid: str, spec: WorkloadSpec) -> scheduler.PlacementRequest:
         ),
         spread_by=spec.placement.spread_by,
         max_skew=spec.placement.max_skew,
-        distinct_nodes=spec.placement.distinct_nodes,
+        distinct_nodes=spec.placement.distinct_nodes or spec.type == "system",
         priority=spec.placement.priority,
     )
 
@@ -125,11 +131,21 @@ def plan(
     seed: int,
     unknown_is_lost: bool = True,
     strategy: str = "mycelial",
+    now: float | None = None,
 ) -> tuple[Plan, scheduler.Snapshot]:
-    """Decide placements; returns the plan and the snapshot it was made from."""
+    """Decide placements; returns the plan and the snapshot it was made from.
+
+    System jobs are placed by ``agent.workloads.system_plan``, replicas leave
+    draining nodes at most ``drain.max_unavailable`` at a time, and with ``now``
+    (wall clock) rolling updates advance (``agent.workloads.rollout_plan``)."""
     result = Plan()
     by_name = {w.name: w for w in workloads}
     current = {p.replica_id: p for p in placements}
+    system = {name for name, w in by_name.items() if w.spec.type == "system"}
+    nodes_of: dict[str, dict[str, str]] = {}
+    for p in current.values():
+        nodes_of.setdefault(p.workload, {})[p.replica_id] = p.node
+    allowance: dict[str, int] = {}
 
     lost_nodes = {
         p.node
@@ -156,9 +172,24 @@ def plan(
             result.remove.append(rid)
             continue
         node = nodes.get(p.node)
-        if p.node in moving_lost or (node is not None and node.draining):
+        if workload.name in system:
+            pass  # system_plan below decides where system replicas go
+        elif p.node in moving_lost:
             needs_home.append(rid)
             continue
+        elif (
+            node is not None
+            and node.draining
+            and not is_finished(workload.spec, node.replicas.get(rid))
+        ):
+            if workload.name not in allowance:
+                allowance[workload.name] = drain_allowance(
+                    workload.spec, nodes_of.get(workload.name, {}), nodes
+                )
+            if allowance[workload.name] > 0:
+                allowance[workload.name] -= 1
+                needs_home.append(rid)
+                continue
         staying.append(
             scheduler.Placement(
                 replica_id=rid,
@@ -169,6 +200,8 @@ def plan(
             )
         )
     for workload in sorted(by_name.values(), key=lambda w: w.name):
+        if workload.name in system:
+            continue
         for index in range(workload.spec.replicas):
             rid = replica_id(workload.name, index)
             if rid not in current:
@@ -202,6 +235,7 @@ def plan(
             )
         )
     snapshot = scheduler.Snapshot(nodes=tuple(infos), placements=tuple(staying))
+    _plan_workloads(result, by_name, current, nodes, set(needs_home), now)
     if not needs_home:
         return result, snapshot
 
@@ -225,6 +259,45 @@ def plan(
     return result, snapshot
 
 
+def _plan_workloads(
+    result: Plan,
+    by_name: Mapping[str, WorkloadView],
+    current: Mapping[str, PlacementView],
+    nodes: Mapping[str, NodeView],
+    moving: set[str],
+    now: float | None,
+) -> None:
+    """System jobs and rolling updates (issue 8): see ``agent.workloads``."""
+    for name, workload in sorted(by_name.items()):
+        mine = {rid: p for rid, p in current.items() if p.workload == name}
+        if workload.spec.type == "system":
+            sp = system_plan(workload.spec, {rid: p.node for rid, p in mine.items()}, nodes)
+            if sp.scale is not None:
+                result.scale[name] = sp.scale
+                continue
+            for rid, node in sp.place:
+                result.place.append((rid, node, workload.version))
+        if now is None or workload.spec_dict is None or workload.spec.type == "batch":
+            continue
+        rollout = rollout_plan(
+            workload.spec_dict,
+            workload.version,
+            workload.spec,
+            {rid: (p.node, p.spec_version) for rid, p in mine.items()},
+            nodes,
+            now,
+        )
+        result.rollouts[name] = rollout
+        if rollout.revert_to is not None:
+            result.revert[name] = (rollout.revert_to, workload.version)
+            continue
+        placing = {rid for rid, _, _ in result.place}
+        for rid, node in rollout.replace:
+            view = nodes.get(node)
+            if rid not in moving and rid not in placing and not (view and view.draining):
+                result.place.append((rid, node, workload.version))
+
+
 class LeaderLoop:
     """Runs ``plan`` whenever something changes, while this agent leads."""
 
@@ -240,6 +313,10 @@ class LeaderLoop:
         commit_credits: Callable[[int, scheduler.Snapshot], Awaitable[Any]] | None = None,
         on_step: Callable[[Plan, float], None] | None = None,
         on_pending: Callable[[dict[str, str]], None] | None = None,
+        scale_workloads: Callable[[dict[str, int]], Awaitable[Any]] | None = None,
+        revert_workloads: Callable[[dict[str, tuple[dict[str, Any], int]]], Awaitable[Any]]
+        | None = None,
+        clock: Callable[[], float] = time.time,
         interval: float = 1.0,
         epoch_interval: float = 10.0,
         unknown_grace: float = 5.0,
@@ -251,6 +328,10 @@ class LeaderLoop:
         self._commit_placements = commit_placements
         self._remove_placements = remove_placements
         self._commit_credits = commit_credits
+        self._scale_workloads = scale_workloads
+        self._revert_workloads = revert_workloads
+        self._clock = clock
+        self.rollouts: dict[str, Rollout] = {}
         self._on_step = on_step
         self._on_pending = on_pending
         self.interval = interval
@@ -297,8 +378,19 @@ class LeaderLoop:
         started = time.perf_counter()
         workloads, placements = self._read()
         result, _ = plan(
-            workloads, placements, self._nodes(), seed=term, unknown_is_lost=unknown_is_lost
+            workloads,
+            placements,
+            self._nodes(),
+            seed=term,
+            unknown_is_lost=unknown_is_lost,
+            now=self._clock(),
         )
+        self.rollouts = result.rollouts
+        if result.scale and self._scale_workloads is not None:
+            await self._scale_workloads(result.scale)
+        if result.revert and self._revert_workloads is not None:
+            log.warning("rolling back failed updates", extra={"workloads": sorted(result.revert)})
+            await self._revert_workloads(result.revert)
         if self._on_step is not None:
             self._on_step(result, time.perf_counter() - started)
         self.steps += 1

@@ -56,6 +56,7 @@ def replica_value(report: Mapping[str, Any]) -> str:
             "e": (report.get("error") or None) and str(report["error"])[:200],
             "t": report.get("started_at"),
             "o": report.get("oom_killed") or None,
+            "hs": report.get("healthy_since"),
         }
     )
 
@@ -69,6 +70,7 @@ def replica_from_value(replica_id: str, text: str) -> dict[str, Any]:
         "version": data.get("v"),
         "exit_code": data.get("x"),
         "restarts": data.get("n", 0),
+        "healthy_since": data.get("hs"),
         "health": data.get("h"),
         "error": data.get("e"),
         "started_at": data.get("t"),

@@ -35,6 +35,7 @@ from typing import Any
 import trio
 
 import runtime
+from agent.health import HealthWatch
 from agent.spec import WorkloadSpec
 
 log = logging.getLogger("hypha.reconciler")
@@ -47,6 +48,9 @@ LABEL_RESTARTS = "hypha.restarts"
 
 #: A replica that ran this long before exiting starts its restart count afresh.
 HEALTHY_RUN_SECONDS = 30.0
+#: A replica that moved elsewhere keeps running here at most this long waiting for
+#: its replacement to run (the hand-off of a drain; see ``keep_running``).
+HANDOFF_TIMEOUT = 60.0
 MAX_PARALLEL_ACTIONS = 16
 
 
@@ -79,6 +83,7 @@ class ReplicaReport:
     oom_killed: bool = False
     health: str | None = None
     next_restart_at: float | None = None
+    healthy_since: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +98,7 @@ class ReplicaReport:
             "finished_at": self.finished_at,
             "oom_killed": self.oom_killed,
             "health": self.health,
+            "healthy_since": self.healthy_since,
         }
 
 
@@ -168,8 +174,11 @@ class Reconciler:
         on_start: Callable[[str, int, float, str | None], None] | None = None,
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
+        keep_running: Callable[[str], bool] | None = None,
     ) -> None:
         self.driver = driver
+        self._keep_running = keep_running
+        self._handoff_since: dict[str, float] = {}
         self.node = node
         self._desired = desired
         self._on_report = on_report
@@ -181,6 +190,8 @@ class Reconciler:
         self._waiting: set[str] = set()
         self._stopping: set[str] = set()
         self.reports: dict[str, ReplicaReport] = {}
+        self._health: dict[str, HealthWatch] = {}
+        self._unhealthy: dict[str, str] = {}  # replica -> why its container was stopped
         self.passes = 0
         self._nursery: trio.Nursery | None = None
 
@@ -221,6 +232,16 @@ class Reconciler:
 
         for rid, status in actual.items():
             want = desired.get(rid)
+            if want is None and status.state == "running" and self._hand_off(rid, now):
+                reports[rid] = ReplicaReport(
+                    rid,
+                    status.labels.get(LABEL_WORKLOAD, ""),
+                    "handing-off",
+                    int(status.labels.get(LABEL_VERSION, "0") or 0),
+                    started_at=status.started_at,
+                    error="keeps running until its replacement runs on its new node",
+                )
+                continue
             if want is None or status.labels.get(LABEL_TEMPLATE) != template_hash(want.spec):
                 if status.state in ("running", "created", "unknown"):
                     grace = want.spec.stop_grace if want else self._grace_for(status)
@@ -260,11 +281,100 @@ class Reconciler:
                 if current.state == "running" and rid not in self._waiting:
                     self._watch(current.id, rid)
 
+        self._update_health(desired, actual, reports)
         await self._act(actions)
         self.reports = reports
         self.passes += 1
         if self._on_report is not None:
             self._on_report(dict(reports))
+
+    def _hand_off(self, rid: str, now: float) -> bool:
+        """Whether the container of ``rid``, no longer placed here, keeps running a
+        little longer (until its replacement runs elsewhere, or ``HANDOFF_TIMEOUT``)."""
+        if self._keep_running is None or not self._keep_running(rid):
+            self._handoff_since.pop(rid, None)
+            return False
+        since = self._handoff_since.setdefault(rid, now)
+        if now - since < HANDOFF_TIMEOUT:
+            return True
+        log.warning("hand-off timed out; stopping", extra={"replica": rid})
+        return False
+
+    def _update_health(
+        self,
+        desired: Mapping[str, DesiredReplica],
+        actual: Mapping[str, runtime.ContainerStatus],
+        reports: dict[str, ReplicaReport],
+    ) -> None:
+        """Start a health watch for each running container that has a check, end the
+        watches of containers that are gone, and put their state in the reports."""
+        live: set[str] = set()
+        for rid, report in reports.items():
+            want = desired.get(rid)
+            status = actual.get(rid)
+            if report.state != "running" or want is None or status is None:
+                continue
+            if want.spec.health is None:
+                report.healthy_since = status.started_at
+                continue
+            watch = self._health.get(rid)
+            if watch is not None and (
+                watch.container_id != status.id
+                or watch.started_at != (status.started_at or 0.0)
+                or watch.check != want.spec.health
+            ):
+                self._end_watch(rid)
+                watch = None
+            if watch is None and self._nursery is not None and rid not in self._stopping:
+                watch = HealthWatch(rid, status.id, status.started_at or 0.0, want.spec.health)
+                self._health[rid] = watch
+                self._nursery.start_soon(self._run_watch, watch, want.spec.stop_grace)
+            if watch is not None:
+                live.add(rid)
+                report.health = watch.state
+                report.healthy_since = watch.healthy_since
+                note = watch.describe()
+                if note and not report.error:
+                    report.error = note
+        for rid in [r for r in self._health if r not in live]:
+            self._end_watch(rid)
+        for rid, report in reports.items():
+            why = self._unhealthy.get(rid)
+            if why is not None and report.state != "running":
+                report.health = "unhealthy"
+                report.error = report.error or why
+
+    def _end_watch(self, rid: str) -> None:
+        watch = self._health.pop(rid, None)
+        if watch is not None and watch.cancel_scope is not None:
+            watch.cancel_scope.cancel()
+
+    async def _run_watch(self, watch: HealthWatch, grace: float) -> None:
+        async def unhealthy(w: HealthWatch) -> None:
+            self._unhealthy[w.replica_id] = w.describe()
+            if w.container_id in self._stopping:
+                return
+            self._stopping.add(w.container_id)
+            try:
+                log.warning(
+                    "stopping unhealthy replica",
+                    extra={"replica": w.replica_id, "error": w.last_error},
+                )
+                with trio.CancelScope(shield=True):
+                    await self.driver.stop(w.container_id, grace)
+            except runtime.DriverError as exc:
+                log.warning("stop failed", extra={"container": w.container_id, "error": str(exc)})
+            finally:
+                self._stopping.discard(w.container_id)
+            self.poke()
+
+        with trio.CancelScope() as scope:
+            watch.cancel_scope = scope
+            await watch.run(
+                self.driver, on_change=self.poke, on_unhealthy=unhealthy, clock=self._clock
+            )
+        if self._health.get(watch.replica_id) is watch and watch.state != "unhealthy":
+            self._health.pop(watch.replica_id, None)
 
     def _grace_for(self, status: runtime.ContainerStatus) -> float:
         return 10.0
@@ -386,6 +496,7 @@ class Reconciler:
                 self.poke()  # report the failure now, not at the next interval
                 return
         self._failures.pop(rid, None)
+        self._unhealthy.pop(rid, None)
         if self._on_start is not None:
             self._on_start(rid, restarts, time.perf_counter() - started, None)
         log.info("started replica", extra={**_about(rid), "restarts": restarts})

@@ -37,10 +37,23 @@ A file looks like this (every table is optional)::
     op = "=="           # ==, !=, in, not_in, exists, not_exists
     value = "ssd"
 
-Room is left, by name, for what issue 8 adds: ``type`` (``service`` today;
-``batch`` and ``system`` are refused until they exist), ``health`` and ``update``
-tables (refused until they exist, so a file written for them never silently runs
-without its health check).
+    type = "service"    # service | batch | system
+
+    [health]            # a command run inside the container, or a TCP port
+    command = ["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"]   # or tcp = 8080
+    interval = 10
+    timeout = 2
+    retries = 3
+    start_period = 5
+
+    [update]            # rolling updates when the template changes
+    max_parallel = 1
+    min_healthy = 10
+    healthy_deadline = 120
+    auto_revert = true
+
+    [drain]
+    max_unavailable = 1
 """
 
 from __future__ import annotations
@@ -389,6 +402,158 @@ class Placement:
         }
 
 
+JOB_TYPES: tuple[str, ...] = ("service", "batch", "system")
+#: What a batch job's restart policy is when the file gives none.
+BATCH_DEFAULT_ATTEMPTS = 3
+
+
+def _as_seconds(key: str, value: Any, *, minimum: float, maximum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(key, f"must be a number of seconds, got {value!r}")
+    if not minimum <= value <= maximum:
+        raise _fail(key, f"must be {minimum:g}..{maximum:g} seconds, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """How a node decides a running replica is healthy: a ``command`` run inside the
+    container (exit 0 = healthy), or a TCP connect to ``tcp_port`` on the node (the
+    containers share the host's network). Every ``interval`` seconds, each attempt
+    limited to ``timeout``; ``retries`` failures in a row make it unhealthy, and an
+    unhealthy replica is stopped and restarted under its restart policy. Failures
+    within ``start_period`` seconds of the start do not count."""
+
+    command: tuple[str, ...] = ()
+    tcp_port: int | None = None
+    tcp_host: str = "127.0.0.1"
+    interval: float = 10.0
+    timeout: float = 2.0
+    retries: int = 3
+    start_period: float = 0.0
+
+    def __post_init__(self) -> None:
+        if bool(self.command) == (self.tcp_port is not None):
+            raise _fail("health", "give exactly one of command = [...] or tcp = PORT")
+        if not isinstance(self.command, tuple) or not all(
+            isinstance(a, str) and a for a in self.command
+        ):
+            raise _fail("health.command", f"must be a list of strings, got {self.command!r}")
+        if self.tcp_port is not None:
+            _as_int("health.tcp", self.tcp_port, minimum=1, maximum=65535)
+        if not isinstance(self.tcp_host, str) or not self.tcp_host:
+            raise _fail("health.host", f"must be a host name or address, got {self.tcp_host!r}")
+        _as_seconds("health.interval", self.interval, minimum=0.1, maximum=3600)
+        _as_seconds("health.timeout", self.timeout, minimum=0.1, maximum=600)
+        _as_int("health.retries", self.retries, minimum=1, maximum=100)
+        _as_seconds("health.start_period", self.start_period, minimum=0, maximum=3600)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HealthCheck:
+        _check_keys(
+            data,
+            ("command", "tcp", "host", "interval", "timeout", "retries", "start_period"),
+            "health",
+        )
+        command = data.get("command", ())
+        if isinstance(command, str):
+            raise _fail(
+                "health.command", f'must be a list of strings, e.g. ["sh", "-c", {command!r}]'
+            )
+        if not isinstance(command, list | tuple):
+            raise _fail("health.command", f"must be a list of strings, got {command!r}")
+        return cls(
+            command=tuple(command),
+            tcp_port=data.get("tcp"),
+            tcp_host=data.get("host", "127.0.0.1"),
+            interval=data.get("interval", 10.0),
+            timeout=data.get("timeout", 2.0),
+            retries=data.get("retries", 3),
+            start_period=data.get("start_period", 0.0),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": list(self.command),
+            "tcp": self.tcp_port,
+            "host": self.tcp_host,
+            "interval": self.interval,
+            "timeout": self.timeout,
+            "retries": self.retries,
+            "start_period": self.start_period,
+        }
+
+    def describe(self) -> str:
+        what = " ".join(self.command) if self.command else f"tcp {self.tcp_host}:{self.tcp_port}"
+        return (
+            f"{what} every {self.interval:g}s (timeout {self.timeout:g}s, {self.retries} "
+            f"retries, start period {self.start_period:g}s)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatePolicy:
+    """How a change of the container template rolls out: ``max_parallel`` replicas are
+    replaced at a time; the next ones wait until each new replica has been healthy
+    (running, and passing its health check if it has one) for ``min_healthy``
+    seconds. A new replica that exits, turns unhealthy or is not healthy within
+    ``healthy_deadline`` seconds fails the update: it stops, and with ``auto_revert``
+    the workload goes back to the last version that rolled out well."""
+
+    max_parallel: int = 1
+    min_healthy: float = 5.0
+    healthy_deadline: float = 120.0
+    auto_revert: bool = False
+
+    def __post_init__(self) -> None:
+        _as_int("update.max_parallel", self.max_parallel, minimum=1, maximum=MAX_REPLICAS)
+        _as_seconds("update.min_healthy", self.min_healthy, minimum=0, maximum=3600)
+        _as_seconds("update.healthy_deadline", self.healthy_deadline, minimum=1, maximum=86400)
+        _as_bool("update.auto_revert", self.auto_revert)
+        if self.healthy_deadline <= self.min_healthy:
+            raise _fail("update.healthy_deadline", "must be more than update.min_healthy")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UpdatePolicy:
+        _check_keys(
+            data, ("max_parallel", "min_healthy", "healthy_deadline", "auto_revert"), "update"
+        )
+        return cls(
+            max_parallel=data.get("max_parallel", 1),
+            min_healthy=data.get("min_healthy", 5.0),
+            healthy_deadline=data.get("healthy_deadline", 120.0),
+            auto_revert=data.get("auto_revert", False),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_parallel": self.max_parallel,
+            "min_healthy": self.min_healthy,
+            "healthy_deadline": self.healthy_deadline,
+            "auto_revert": self.auto_revert,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DrainPolicy:
+    """How replicas leave a draining node: at most ``max_unavailable`` replicas of the
+    workload may be not running at once (moving ones included); a service's old
+    replica keeps running until its replacement runs."""
+
+    max_unavailable: int = 1
+
+    def __post_init__(self) -> None:
+        _as_int("drain.max_unavailable", self.max_unavailable, minimum=1, maximum=MAX_REPLICAS)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DrainPolicy:
+        _check_keys(data, ("max_unavailable",), "drain")
+        return cls(max_unavailable=data.get("max_unavailable", 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_unavailable": self.max_unavailable}
+
+
 SPEC_FIELDS = (
     "name",
     "image",
@@ -404,11 +569,10 @@ SPEC_FIELDS = (
     "labels",
     "type",
     "stop_grace",
+    "health",
+    "update",
+    "drain",
 )
-RESERVED_FIELDS = {
-    "health": "health checks",
-    "update": "rolling updates",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +596,9 @@ class WorkloadSpec:
     type: JobType = "service"
     stop_grace: float = 10.0
     """Seconds between SIGTERM and SIGKILL when a replica is stopped."""
+    health: HealthCheck | None = None
+    update: UpdatePolicy = field(default_factory=UpdatePolicy)
+    drain: DrainPolicy = field(default_factory=DrainPolicy)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
@@ -471,10 +638,14 @@ class WorkloadSpec:
                 raise _fail(f"labels.{key}", "not a valid label name")
             if not isinstance(value, str):
                 raise _fail(f"labels.{key}", f"must be a string, got {value!r}")
-        if self.type != "service":
-            if self.type in ("batch", "system"):
-                raise _fail("type", f"{self.type!r} jobs are not supported yet; use 'service'")
-            raise _fail("type", f"must be 'service', got {self.type!r}")
+        if self.type not in JOB_TYPES:
+            raise _fail("type", f"must be one of {', '.join(JOB_TYPES)}, got {self.type!r}")
+        if self.type == "batch" and self.restart.mode == "always":
+            raise _fail(
+                "restart.policy",
+                "a batch job runs to completion: use 'on-failure' (retry up to max_attempts) "
+                "or 'never'",
+            )
         if isinstance(self.stop_grace, bool) or not isinstance(self.stop_grace, int | float):
             raise _fail("stop_grace", f"must be a number of seconds, got {self.stop_grace!r}")
         if not 0 <= self.stop_grace <= 3600:
@@ -489,9 +660,6 @@ class WorkloadSpec:
             if len(data) != 1:
                 raise _fail("workload", "put every field under [workload] or none of them")
             data = data["workload"]
-        for key, what in RESERVED_FIELDS.items():
-            if key in data:
-                raise _fail(key, f"{what} are not supported yet; remove the [{key}] table")
         _check_keys(data, SPEC_FIELDS, "")
         if "name" not in data:
             raise _fail("name", "is required")
@@ -510,9 +678,21 @@ class WorkloadSpec:
         if not isinstance(raw_constraints, list | tuple):
             raise _fail("constraints", f"must be a list of tables, got {raw_constraints!r}")
         constraints = tuple(Constraint.from_dict(c, i) for i, c in enumerate(raw_constraints))
-        restart_raw = data.get("restart", {})
+        job_type = data.get("type", "service")
+        restart_raw = data.get("restart")
+        if restart_raw is None:
+            # A batch job retries failures a few times by default; a service restarts always.
+            restart_raw = (
+                {"policy": "on-failure", "max_attempts": BATCH_DEFAULT_ATTEMPTS}
+                if job_type == "batch"
+                else {}
+            )
         if not isinstance(restart_raw, str):
             restart_raw = _as_table("restart", restart_raw)
+        health_raw = data.get("health")
+        health = None
+        if health_raw is not None:
+            health = HealthCheck.from_dict(_as_table("health", health_raw))
         return cls(
             name=name,
             image=image,
@@ -526,8 +706,11 @@ class WorkloadSpec:
             constraints=constraints,
             placement=Placement.from_dict(_as_table("placement", data.get("placement", {}))),
             labels=labels,
-            type=data.get("type", "service"),
+            type=job_type,
             stop_grace=data.get("stop_grace", 10.0),
+            health=health,
+            update=UpdatePolicy.from_dict(_as_table("update", data.get("update", {}))),
+            drain=DrainPolicy.from_dict(_as_table("drain", data.get("drain", {}))),
         )
 
     @classmethod
@@ -573,6 +756,9 @@ class WorkloadSpec:
             "labels": dict(self.labels),
             "type": self.type,
             "stop_grace": self.stop_grace,
+            "health": self.health.to_dict() if self.health is not None else None,
+            "update": self.update.to_dict(),
+            "drain": self.drain.to_dict(),
         }
 
     def with_replicas(self, replicas: int) -> WorkloadSpec:

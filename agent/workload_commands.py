@@ -169,12 +169,25 @@ def run(
         if as_json:
             emit_json(result)
         else:
-            click.echo(
-                f"workload {spec.name} created (version {result.get('version')}, "
-                f"{spec.replicas} replicas)"
+            count = (
+                "one replica per eligible node"
+                if spec.type == "system"
+                else f"{spec.replicas} replicas"
             )
+            click.echo(f"workload {spec.name} created (version {result.get('version')}, {count})")
         return
-    ok = wait_for_replicas(state, spec.name, spec.replicas, timeout, quiet=as_json)
+    if spec.type == "batch":
+        status = wait_for_batch(state, spec.name, timeout, quiet=as_json)
+        if as_json:
+            emit_json({**result, "status": status})
+        if status != "complete":
+            raise HyphaError(f"batch job {spec.name} ended {status} (see `hypha ps {spec.name}`)")
+        return
+    replicas = spec.replicas
+    if spec.type == "system":
+        time.sleep(1.0)  # the leader sets the count
+        replicas = client.get(path_of("v1", "workloads", spec.name))["replicas"]
+    ok = wait_for_replicas(state, spec.name, replicas, timeout, quiet=as_json)
     if as_json:
         emit_json({**result, "running": ok})
     if not ok:
@@ -182,6 +195,30 @@ def run(
             f"not every replica of {spec.name} was running after {timeout:.0f}s "
             f"(see `hypha inspect {spec.name}`)"
         )
+
+
+def wait_for_batch(state: CliState, name: str, timeout: float, *, quiet: bool = False) -> str:
+    """Poll a batch job until it is complete or failed; print each change."""
+    client = state.client()
+    deadline = time.monotonic() + timeout
+    last = ""
+    status = "running"
+    while time.monotonic() < deadline:
+        rows = client.get(path_of("v1", "workloads", name, "replicas"))["replicas"]
+        status = str(client.get(path_of("v1", "workloads", name)).get("status", "running"))
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["state"]] = counts.get(row["state"], 0) + 1
+        line = (
+            f"{name}: {status} (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"
+        )
+        if not quiet and line != last:
+            click.echo(line, err=True)
+            last = line
+        if status in ("complete", "failed"):
+            return status
+        time.sleep(0.5)
+    return status
 
 
 def wait_for_replicas(
@@ -286,19 +323,77 @@ def inspect(state: CliState, name: str, as_json: bool) -> None:
                 f"{c['label']} {c['op']} {','.join(c['values'])}" for c in spec["constraints"]
             )
         )
+    inspect_extras(spec)
     click.echo("")
     rows = [
         (
             r["replica_id"],
             r.get("node") or "-",
             r["state"],
+            r.get("health") or "-",
+            r.get("version") if r.get("version") is not None else "-",
             r.get("exit_code") if r.get("exit_code") is not None else "-",
             r.get("restarts", 0),
             (r.get("error") or "")[:70],
         )
         for r in data.get("replica_states", [])
     ]
-    print_table(["REPLICA", "NODE", "STATE", "EXIT", "RESTARTS", "NOTE"], rows)
+    print_table(["REPLICA", "NODE", "STATE", "HEALTH", "VERSION", "EXIT", "RESTARTS", "NOTE"], rows)
+    inspect_deployment(data)
+
+
+def inspect_extras(spec: dict[str, Any]) -> None:
+    """The issue-8 parts of a spec: job type, health check, update and drain policies."""
+    click.echo(f"type:        {spec.get('type', 'service')}")
+    health = spec.get("health")
+    if health:
+        what = (
+            " ".join(health["command"])
+            if health.get("command")
+            else f"tcp {health.get('host')}:{health.get('tcp')}"
+        )
+        click.echo(
+            f"health:      {what} every {health['interval']:g}s (timeout "
+            f"{health['timeout']:g}s, {health['retries']} retries, start period "
+            f"{health['start_period']:g}s)"
+        )
+    update = spec.get("update")
+    if update:
+        click.echo(
+            f"update:      {update['max_parallel']} at a time, healthy for "
+            f"{update['min_healthy']:g}s within {update['healthy_deadline']:g}s"
+            + (", auto-revert" if update.get("auto_revert") else "")
+        )
+    drain = spec.get("drain")
+    if drain:
+        click.echo(f"drain:       at most {drain['max_unavailable']} unavailable at a time")
+
+
+def inspect_deployment(data: dict[str, Any]) -> None:
+    """The rolling update in progress (if any) and the history of versions."""
+    deployment = data.get("deployment")
+    if deployment:
+        click.echo("")
+        click.echo(
+            f"update:      version {deployment.get('version')}: {deployment.get('status')}"
+            f" ({deployment.get('updated', 0)}/{deployment.get('total', 0)} replicas updated"
+            f", {deployment.get('healthy', 0)} healthy)"
+            + (f": {deployment['message']}" if deployment.get("message") else "")
+        )
+    history = data.get("history") or []
+    if history:
+        click.echo("")
+        print_table(
+            ["VERSION", "STATUS", "CHANGE"],
+            [
+                (
+                    h.get("version_range") or h.get("version"),
+                    h.get("status", ""),
+                    h.get("change", ""),
+                )
+                for h in history
+            ],
+        )
 
 
 @cli.command()
@@ -366,11 +461,130 @@ def _node_admin(
 @cli.command()
 @click.argument("node")
 @click.option("--undo", is_flag=True, help="Stop draining (the node takes work again).")
+@click.option("--wait", is_flag=True, help="Show progress until nothing runs on NODE any more.")
+@click.option("--timeout", type=float, default=300.0, show_default=True)
 @json_option
 @click.pass_obj
-def drain(state: CliState, node: str, undo: bool, as_json: bool) -> None:
-    """Move every replica off NODE and give it no new work."""
-    _node_admin(state, node, "drain", {"draining": not undo}, as_json)
+def drain(
+    state: CliState, node: str, undo: bool, wait: bool, timeout: float, as_json: bool
+) -> None:
+    """Move every replica off NODE and give it no new work.
+
+    Replicas move at most their workload's drain.max_unavailable at a time, and a
+    service's old replica keeps running until its replacement runs elsewhere."""
+    _node_admin(state, node, "drain", {"draining": not undo}, as_json and not wait)
+    if wait and not undo:
+        left = wait_for_drain(state, node, timeout, quiet=as_json)
+        if as_json:
+            emit_json({"name": node, "draining": True, "left": left})
+        if left:
+            raise HyphaError(
+                f"{node} still holds {left} replica(s) after {timeout:.0f}s "
+                f"(see `hypha ps` for why they cannot move)"
+            )
+
+
+def wait_for_drain(state: CliState, node: str, timeout: float, *, quiet: bool = False) -> int:
+    """Poll until nothing runs on NODE any more (completed batch replicas stay where
+    they ran); print each change. Returns how many replicas were left (0: drained)."""
+    client = state.client()
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        data = client.get(path_of("v1", "nodes", node))
+        rows = client.get("/v1/replicas")["replicas"]
+        here = [r for r in rows if r.get("node") == node and r["state"] != "completed"]
+        placed_here = {r["replica_id"] for r in rows if r.get("node") == node}
+        handing_off = [rid for rid in data.get("replicas") or [] if rid not in placed_here]
+        moving = [
+            r for r in rows if r.get("node") != node and r["state"] in ("assigned", "starting")
+        ]
+        line = f"{node}: {len(here)} replica(s) to move, {len(handing_off)} handing off"
+        if moving:
+            line += f", {len(moving)} starting elsewhere"
+        if not quiet and line != last:
+            click.echo(line, err=True)
+            last = line
+        left = len(here) + len(handing_off)
+        if left == 0:
+            if not quiet:
+                click.echo(f"{node} is drained", err=True)
+            return 0
+        if time.monotonic() >= deadline:
+            if not quiet:
+                for r in here:
+                    why = r.get("error") or "waiting for others of its workload to run again"
+                    click.echo(f"  {r['replica_id']} still on {node}: {why}", err=True)
+            return left
+        time.sleep(0.5)
+
+
+@cli.command()
+@click.option(
+    "-f",
+    "--file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The workload's new spec file (TOML or JSON).",
+)
+@click.option("--wait", is_flag=True, help="Show the rolling update until it ends.")
+@click.option("--timeout", type=float, default=300.0, show_default=True)
+@json_option
+@click.pass_obj
+def update(state: CliState, file: Path, wait: bool, timeout: float, as_json: bool) -> None:
+    """Change a workload's spec. A new template (image, command, env, resources, health)
+    rolls out update.max_parallel replicas at a time; see `hypha inspect NAME`."""
+    spec = WorkloadSpec.load(file)
+    client = state.client()
+    result = client.put(path_of("v1", "workloads", spec.name), {"spec": spec.to_dict()})
+    if not wait:
+        if as_json:
+            emit_json(result)
+        elif not result.get("changed", True):
+            click.echo(f"workload {spec.name} unchanged (version {result.get('version')})")
+        else:
+            click.echo(f"workload {spec.name} updated to version {result.get('version')}")
+        return
+    status = wait_for_rollout(
+        state, spec.name, int(result.get("version") or 0), timeout, quiet=as_json
+    )
+    if as_json:
+        emit_json({**result, "status": status})
+    if status != "complete":
+        raise HyphaError(f"the update of {spec.name} ended {status} (see `hypha inspect`)")
+
+
+def wait_for_rollout(
+    state: CliState, name: str, version: int, timeout: float, *, quiet: bool = False
+) -> str:
+    """Poll the workload's rolling update from ``version`` on; print each change.
+    Returns its last status."""
+    client = state.client()
+    deadline = time.monotonic() + timeout
+    last = ""
+    status = "running"
+    while time.monotonic() < deadline:
+        data = client.get(path_of("v1", "workloads", name))
+        if int(data.get("version", 0)) < version:
+            time.sleep(0.2)  # this agent has not applied the new version yet
+            continue
+        d = data.get("deployment") or {}
+        status = str(d.get("status", data.get("status", "complete")))
+        line = (
+            f"{name} version {data['version']}: {status}, {d.get('updated', 0)}/"
+            f"{d.get('total', 0)} updated, {d.get('healthy', 0)} healthy"
+            + (f" ({d['message']})" if d.get("message") else "")
+        )
+        if not quiet and line != last:
+            click.echo(line, err=True)
+            last = line
+        auto_revert = bool(((data.get("spec") or {}).get("update") or {}).get("auto_revert"))
+        if status == "complete" or (status == "failed" and not auto_revert):
+            if status == "complete" and d.get("message", "").startswith("rolled back"):
+                return "rolled back"
+            return status
+        time.sleep(0.5)
+    return status
 
 
 @cli.command()

@@ -5,7 +5,7 @@ every driver implements the ``Driver`` protocol (see ``runtime.driver``), and al
 errors are ``DriverError``s (see ``runtime.errors``).
 """
 
-from runtime.driver import Driver, DriverKind, find_oci_runtime, open_driver
+from runtime.driver import Driver, DriverKind, ExecResult, find_oci_runtime, open_driver
 from runtime.errors import (
     ContainerExistsError,
     ContainerNotFoundError,
@@ -30,6 +30,7 @@ __all__ = [
     "Driver",
     "DriverError",
     "DriverKind",
+    "ExecResult",
     "MockDriver",
     "MockHost",
     "OciDriver",

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import itertools
 import json
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +45,13 @@ from runtime._monitor import (
     set_child_subreaper,
     try_reap,
 )
-from runtime.driver import check_prefix, check_state_dir
+from runtime.driver import EXEC_OUTPUT_LIMIT, ExecResult, check_prefix, check_state_dir
 from runtime.errors import (
     ContainerExistsError,
     ContainerNotFoundError,
     DriverError,
     RuntimeFailedError,
+    SpecError,
     StartError,
 )
 from runtime.spec import ContainerSpec, ContainerState, ContainerStatus, check_id
@@ -56,6 +59,8 @@ from runtime.spec import ContainerSpec, ContainerState, ContainerStatus, check_i
 DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_LOG_BACKUPS = 2
 KILL_TIMEOUT = 30.0  # after SIGKILL, how long a container may take to be gone
+EXEC_KILL_WAIT = 10.0  # how long a timed-out exec's runtime may take to end by itself
+_EXEC_IDS = itertools.count(1)
 
 
 @dataclass(eq=False)
@@ -82,6 +87,7 @@ class ShimDriver:
     """Base of the process and oci drivers; subclasses say how to run and clean up."""
 
     kind = "shim"
+    exec_uses_pid_file = False  # True: ``exec_command`` starts the command via a runtime
 
     def __init__(
         self,
@@ -127,6 +133,14 @@ class ShimDriver:
 
     async def cleanup(self, record: Record) -> None:
         """Release what the shim could not (runtime state, mounts) before files go."""
+
+    def exec_command(
+        self, record: Record, command: tuple[str, ...], pid_file: Path
+    ) -> tuple[list[str], dict[str, str] | None, str | None]:
+        """(argv, env, cwd) that run ``command`` inside the container of ``record``; a
+        runtime that starts it elsewhere than as our child writes its pid to ``pid_file``
+        (so a timeout can kill it too)."""
+        raise NotImplementedError
 
     # -- Driver ----------------------------------------------------------------------
 
@@ -250,6 +264,76 @@ class ShimDriver:
             record.dir / "container.log", tail=tail, follow=follow, finished=record.shim.poll
         ):
             yield chunk
+
+    async def exec(
+        self, container_id: str, command: tuple[str, ...], *, timeout: float
+    ) -> ExecResult:
+        """Run ``command`` in the running container; kill it (its whole process group)
+        if it outlives ``timeout`` seconds."""
+        self._check_open()
+        record = self._get(container_id)
+        if not command or not all(isinstance(a, str) and a for a in command):
+            raise SpecError("command", f"must be a non-empty list of strings, got {command!r}")
+        if record.shim.poll() or record.main_pid is None:
+            raise RuntimeFailedError(f"{container_id}: not running")
+        pid_file = record.dir / f"exec-{os.getpid()}-{next(_EXEC_IDS)}.pid"
+        argv, env, cwd = self.exec_command(record, tuple(command), pid_file)
+        try:
+            process = await trio.lowlevel.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return ExecResult(127, f"{argv[0]}: {exc.strerror}".encode())
+        output = bytearray()
+        timed_out = False
+        try:
+            with trio.move_on_after(timeout) as scope:
+                assert process.stdout is not None
+                while True:
+                    chunk = await process.stdout.receive_some(65536)
+                    if not chunk:
+                        break
+                    if len(output) < EXEC_OUTPUT_LIMIT:
+                        output += chunk[: EXEC_OUTPUT_LIMIT - len(output)]
+                await process.wait()
+            timed_out = scope.cancelled_caught
+        finally:
+            if process.returncode is None:
+                with trio.CancelScope(shield=True):
+                    await self._end_exec(process, pid_file)
+            if process.stdout is not None:
+                await process.stdout.aclose()
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
+        if timed_out:
+            return ExecResult(None, bytes(output), timed_out=True)
+        code = process.returncode
+        assert code is not None
+        return ExecResult(128 - code if code < 0 else code, bytes(output))
+
+    async def _end_exec(self, process: trio.Process, pid_file: Path) -> None:
+        """Kill an exec'd command that ran past its timeout. A runtime's ``exec`` is
+        not killed first: killed half-way through setting the process up, it can leave
+        a helper stuck in the container's cgroup, and the container then never stops.
+        So the command itself (its pid from ``pid_file``) is killed, and the runtime
+        ends by itself; only if it does not is it killed too."""
+        if self.exec_uses_pid_file:
+            with trio.move_on_after(EXEC_KILL_WAIT):
+                while process.returncode is None:
+                    with contextlib.suppress(OSError, ValueError):
+                        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+                    with trio.move_on_after(0.1):
+                        await process.wait()
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
 
     async def adopt(self) -> builtins.list[ContainerStatus]:
         """Find every container a previous agent with this state_dir left behind."""

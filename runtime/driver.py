@@ -13,6 +13,10 @@ Contract (checked by tests/integration/test_runtime_conformance.py for every dri
 * ``list()`` gives running and exited-not-removed containers, sorted by id.
 * ``logs(id, tail=N, follow=...)`` yields the combined stdout/stderr bytes: the last
   ``N`` lines (all if None), then, with ``follow``, new output until the container exits.
+* ``exec(id, command, timeout=...)`` runs ``command`` inside a running container
+  (the process driver: with the container's environment and working directory) and
+  returns an ``ExecResult``; it raises ``ContainerNotFoundError`` for an unknown id
+  and ``RuntimeFailedError`` when the container is not running. Health checks use it.
 * ``adopt()`` after an agent restart finds every container this driver's
   ``state_dir``/``prefix`` left behind, running or exited, with its exit code.
 * ``close()`` releases the driver's own resources; containers keep running.
@@ -25,6 +29,7 @@ import os
 import re
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -34,6 +39,24 @@ from runtime.spec import ContainerSpec, ContainerStatus
 DriverKind = Literal["auto", "oci", "process", "mock"]
 
 _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+
+#: At most this much of an exec'd command's output is kept (the start of it).
+EXEC_OUTPUT_LIMIT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """What a command run inside a container did: its exit code (128 + signal for a
+    signal; None when it was killed for running past its timeout) and the first
+    ``EXEC_OUTPUT_LIMIT`` bytes of its combined stdout and stderr."""
+
+    exit_code: int | None
+    output: bytes = b""
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
 
 
 @runtime_checkable
@@ -63,6 +86,10 @@ class Driver(Protocol):
     def logs(
         self, container_id: str, *, tail: int | None = None, follow: bool = False
     ) -> AsyncIterator[bytes]: ...
+
+    async def exec(
+        self, container_id: str, command: tuple[str, ...], *, timeout: float
+    ) -> ExecResult: ...
 
     async def adopt(self) -> builtins.list[ContainerStatus]: ...
 

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from runtime.errors import ContainerExistsError, ContainerNotFoundError, StartError
+from runtime.driver import ExecResult
+from runtime.errors import (
+    ContainerExistsError,
+    ContainerNotFoundError,
+    RuntimeFailedError,
+    StartError,
+)
 from runtime.spec import ContainerSpec, ContainerStatus
 
 SIGTERM_EXIT = 128 + 15
@@ -43,6 +49,7 @@ class _MockContainer:
     exit_code: int | None = None
     finished_at: float | None = None
     changed: trio.Event = field(default_factory=trio.Event)
+    exec_result: int | None | str = "default"  # set_exec_result's answer; None: time out
 
 
 @dataclass
@@ -81,6 +88,10 @@ class MockDriver:
     def fail_next_start(self, message: str) -> None:
         """Make the next ``start`` raise ``StartError(message)``."""
         self._start_error = message
+
+    def set_exec_result(self, container_id: str, exit_code: int | None) -> None:
+        """What ``exec`` answers for this container from now on (None: a timeout)."""
+        self._get(container_id).exec_result = exit_code
 
     def crash(self, container_id: str, exit_code: int) -> None:
         """End a running container now with ``exit_code``."""
@@ -191,6 +202,31 @@ class MockDriver:
             with trio.move_on_after(container.exit_at - trio.current_time()):
                 await container.changed.wait()
         await trio.lowlevel.checkpoint()
+
+    async def exec(
+        self, container_id: str, command: tuple[str, ...], *, timeout: float
+    ) -> ExecResult:
+        """``true`` answers 0, ``false`` 1, ``exit N`` N, unless ``set_exec_result``
+        said otherwise for the container; a None result waits out the timeout."""
+        container = self._get(container_id)
+        self._advance(container)
+        if container.exit_code is not None:
+            await trio.lowlevel.checkpoint()
+            raise RuntimeFailedError(f"{container_id}: not running")
+        code: int | None
+        if container.exec_result != "default":
+            code = container.exec_result  # type: ignore[assignment]
+        elif command[0] == "false":
+            code = 1
+        elif command[0] == "exit":
+            code = _int_arg(command, 0)
+        else:
+            code = 0
+        if code is None:
+            await trio.sleep(timeout)
+            return ExecResult(None, b"", timed_out=True)
+        await trio.lowlevel.checkpoint()
+        return ExecResult(code, b"")
 
     async def adopt(self) -> builtins.list[ContainerStatus]:
         return await self.list()

@@ -125,6 +125,7 @@ class OciDriver(ShimDriver):
     """Runs containers with an OCI runtime (youki, runc or crun) on bundles it writes."""
 
     kind = "oci"
+    exec_uses_pid_file = True
 
     def __init__(
         self,
@@ -350,6 +351,21 @@ class OciDriver(ShimDriver):
                 "readonlyPaths": READONLY_PATHS,
             },
         }
+
+    def exec_command(
+        self, record: Record, command: tuple[str, ...], pid_file: Path
+    ) -> tuple[list[str], dict[str, str] | None, str | None]:
+        """``runtime exec``: the process joins the container's namespaces and cgroup
+        and takes its environment, user and working directory from config.json."""
+        argv = self.runtime_argv(
+            record.dir / "exec.log",
+            "exec",
+            "--pid-file",
+            str(pid_file),
+            self.container_id(record.spec.id),
+            *command,
+        )
+        return argv, None, None
 
     async def start_failed(self, record: Record, event: dict[str, Any]) -> str:
         stage = event.get("stage", "create")

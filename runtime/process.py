@@ -61,6 +61,19 @@ class ProcessDriver(ShimDriver):
             "own_group": True,
         }
 
+    def exec_command(
+        self, record: Record, command: tuple[str, ...], pid_file: Path
+    ) -> tuple[list[str], dict[str, str] | None, str | None]:
+        """The command in the container's environment: same env, cwd and user."""
+        spec = record.spec
+        env = {"PATH": DEFAULT_PATH, "HOME": spec.cwd}
+        env.update(spec.env)
+        argv = list(command)
+        if spec.user is not None and os.geteuid() == 0 and spec.user != (0, 0):
+            uid, gid = spec.user
+            argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
+        return argv, env, spec.cwd
+
     def signal(self, record: Record, sig: int) -> bool:
         """Signal the command's process group while its leader lives, else nothing."""
         if record.main_pid is None or record.main_pidfd is None:

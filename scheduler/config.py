@@ -16,7 +16,8 @@ class SchedulerConfig:
     the same workload already on the node / in the zone, in the same units.
     """
 
-    #: Weight of the node's credit balance (scaled to +-1000 by the largest |balance|).
+    #: Weight of the node's credit balance (divided by its steady full-spare balance,
+    #: cap_cpu * 2**decay_shift, and clamped to +-1000).
     #: 0 gives the credit-free scorer ("mycelial-nocredit").
     credit_weight: int = 2
     #: Weight of resource balance: 1000 minus the spread between cpu and memory
@@ -28,9 +29,12 @@ class SchedulerConfig:
     fit_weight: int = 2
     pack: bool = False
     #: Soft anti-affinity: penalty per replica of the same workload already on the
-    #: node, and per replica in the node's zone.
-    node_anti_affinity: int = 3000
-    zone_anti_affinity: int = 300
+    #: node, and per replica in the node's zone. The node penalty is larger than the
+    #: widest swing of all other terms together with the default weights (credit
+    #: 4000 + fit 2000 + balance 1000), so a replica only joins a sibling when no
+    #: sampled node without one has room; the zone penalty is a strong preference.
+    node_anti_affinity: int = 8000
+    zone_anti_affinity: int = 1000
 
     #: At most this many nodes, every feasible node is scored; above it, ``sample``
     #: candidates are drawn (power of d choices) and a full scan only runs when the

@@ -17,11 +17,15 @@ Each epoch, for every node, in this order (all integer arithmetic):
    ``pressure_factor * capacity_cpu * max(0, U - target_utilisation) / 1000``:
    pressure above the target share costs more than spare earns.
 4. **Exchange** (mycelial): for ``exchange_rounds`` rounds, along every edge of
-   the overlay, ``exchange_rate/1000 * |difference| / (max_degree + 1)`` flows
-   from the richer end to the poorer one. Flows of a round are computed from
-   the balances at the start of the round and then applied, so the result does
-   not depend on edge order, and each flow is subtracted from one node and added
-   to another in integers, so the total is exactly conserved.
+   the overlay, credit flows from the end with more credit per millicore of
+   capacity to the one with less: ``exchange_rate/1000 / (max_degree + 1)`` of
+   the amount that would equalise the pair's densities. Flows of a round are
+   computed from the balances at the start of the round and then applied, so
+   the result does not depend on edge order, and each flow is subtracted from
+   one node and added to another in integers, so the total is exactly
+   conserved. Diffusing density rather than amount matters with mixed node
+   sizes: an 8-core node next to a 64-core one must not inherit half of the big
+   node's credit.
 
 The overlay links every node that is not dead to its ``ring_neighbours``
 successors on a hash ring (nodes ordered by a stable hash of their id) and to
@@ -29,11 +33,15 @@ its ``zone_neighbours`` successors on its zone's own ring. Ring links spread
 credit across the cluster in few hops; zone links make a node's balance a
 measure of its zone's headroom, which steers work away from congested zones.
 
-Placement spends credit: placing a replica on a node subtracts its cost, the
-replica's dominant share of that node in the node's cpu units
-(``max(cpu, memory * cap_cpu / cap_memory, pids * cap_cpu / cap_pids)``), from
-the balance the rest of the batch sees, so one rich node does not attract a
-whole batch.
+How placement reads and spends credit: the scorer's credit term is the
+balance divided by the node's steady full-spare balance
+(``cap_cpu * 2**decay_shift``), i.e. smoothed relative headroom of the node's
+neighbourhood, clamped to +-1000 per mille. Placing a replica subtracts its
+cost, the replica's dominant share of the node in the node's cpu units
+(``max(cpu, memory * cap_cpu / cap_memory, pids * cap_cpu / cap_pids)``) times
+``2**decay_shift`` (what it would take off the steady balance), from the
+balance the rest of the batch sees, so one rich node does not attract a whole
+batch.
 """
 
 from __future__ import annotations
@@ -127,8 +135,17 @@ def exchange(
     *,
     rounds: int,
     rate: int = 1000,
+    capacities: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
-    """Diffuse credit along ``edges`` for ``rounds`` rounds; the total is conserved exactly."""
+    """Diffuse credit along ``edges`` for ``rounds`` rounds; the total is conserved exactly.
+
+    With ``capacities`` (each node's cpu), credit flows down the gradient of
+    credit *per unit of capacity*, so it settles in proportion to capacity rather
+    than evenly: along an edge (a, b) it moves
+    ``(B_a * c_b - B_b * c_a) / (c_a + c_b) * rate / 1000 / (max_degree + 1)``
+    (the amount that would equalise the pair's densities, scaled down so a round
+    never overshoots). Without capacities every node counts as capacity 1.
+    """
     current = dict(balances)
     if not edges or rounds == 0 or rate == 0:
         return current
@@ -137,11 +154,13 @@ def exchange(
         degree[a] = degree.get(a, 0) + 1
         degree[b] = degree.get(b, 0) + 1
     divisor = 1000 * (max(degree.values()) + 1)
+    caps = {name: max(1, capacities.get(name, 1)) if capacities else 1 for name in current}
     for _ in range(rounds):
         delta = dict.fromkeys(current, 0)
         for a, b in edges:
-            diff = current[a] - current[b]
-            flow = abs(diff) * rate // divisor
+            ca, cb = caps[a], caps[b]
+            diff = current[a] * cb - current[b] * ca
+            flow = abs(diff) * rate // (divisor * (ca + cb))
             if flow == 0:
                 continue
             if diff > 0:
@@ -167,6 +186,7 @@ def epoch(snapshot: Snapshot, *, config: SchedulerConfig = DEFAULT_CONFIG) -> di
         edges,
         rounds=config.exchange_rounds,
         rate=config.exchange_rate,
+        capacities={n.id: n.capacity.cpu_millicores for n in snapshot.nodes},
     )
     after.update(exchanged)
     return dict(sorted(after.items()))

@@ -164,7 +164,8 @@ class Planner:
         self.zones = zones
         self.zone_of = [zone_index[node.zone] if node.zone else -1 for node in nodes]
         self.credit = [node.credit for node in nodes]
-        self.credit_scale = max([1] + [abs(c) for c in self.credit])
+        self._credit_divisors()
+        self.spend_shift = config.decay_shift
         self.node_hash = [stable_hash(seed, "node", node.id) for node in nodes]
 
         # Placements: workload counts per node and per zone, tenant usage, and
@@ -195,9 +196,10 @@ class Planner:
         self.not_usable = Counter(why for why in self.unusable_why if why)
         self.spreads: dict[tuple[str, str, tuple[Constraint, ...]], _Spread] = {}
         self.spreads_of: dict[str, list[_Spread]] = {}
-        self.failed_shapes: dict[
-            tuple[int, int, int, tuple[Constraint, ...]], tuple[Rule, str]
-        ] = {}
+        self.domains: dict[tuple[str, tuple[Constraint, ...]], frozenset[str]] = {}
+        self.failed_shapes: dict[tuple[object, ...], tuple[Rule, str]] = {}
+        self.failed_by_workload: dict[str, dict[tuple[object, ...], tuple[Rule, str]]] = {}
+        self.failed_frontier: list[tuple[int, int, int]] = []
 
         # Max-tree over free resources of usable nodes (-1 for the others).
         size = 1
@@ -241,6 +243,23 @@ class Planner:
             self._bestfit_key = [self._fit_key(i) for i in range(n)]
             self._bestfit = sorted(self._bestfit_key[i] for i in usable_idx)
             self._choose = self._choose_best_fit
+
+    def set_credits(self, balances: Mapping[str, int]) -> None:
+        """Replace the credit balances (a new epoch) without rebuilding the indexes.
+
+        Nodes missing from ``balances`` keep theirs; unknown ids are ignored.
+        """
+        for node_id, balance in balances.items():
+            i = self.index.get(node_id)
+            if i is not None:
+                self.credit[i] = balance
+        self._credit_divisors()
+
+    def _credit_divisors(self) -> None:
+        """What a balance is divided by to give the +-1000 credit term, per node:
+        its steady balance under full spare, ``cap_cpu * 2**decay_shift``."""
+        shift = self.config.decay_shift
+        self.credit_div = [max(1, c << shift) for c in self.cap_c]
 
     # ----------------------------------------------------------------- indexes
 
@@ -331,14 +350,18 @@ class Planner:
         cache_key = (request.workload, key, request.constraints)
         spread = self.spreads.get(cache_key)
         if spread is None:
-            domains: set[str] = set()
-            for i, node in enumerate(self.nodes):
-                if not self.usable[i]:
-                    continue
-                value = node.label(key)
-                if value is not None and all(c.matches(node) for c in request.constraints):
-                    domains.add(value)
-            spread = _Spread(key, frozenset(domains))
+            domain_key = (key, request.constraints)
+            domains = self.domains.get(domain_key)
+            if domains is None:
+                found: set[str] = set()
+                for i, node in enumerate(self.nodes):
+                    if not self.usable[i]:
+                        continue
+                    value = node.label(key)
+                    if value is not None and all(c.matches(node) for c in request.constraints):
+                        found.add(value)
+                domains = self.domains[domain_key] = frozenset(found)
+            spread = _Spread(key, domains)
             for i, count in self.wl_node.get(request.workload, {}).items():
                 value = self.nodes[i].label(key)
                 if value is not None:
@@ -370,12 +393,19 @@ class Planner:
 
     # -------------------------------------------------------------- strategies
 
-    def _sample_positions(self, request_hash: int, count: int) -> Iterator[int]:
+    def _sample_positions(self, request_hash: int, count: int) -> list[int]:
+        """``count`` seeded positions in [0, n): two 32-bit draws per splitmix64 step,
+        mapped by multiply-shift (no modulo bias worth the name)."""
         n = self.n
         x = request_hash
-        for _ in range(count):
+        out: list[int] = []
+        while len(out) < count:
             x = (x + GOLDEN) & MASK64
-            yield mix64(x) % n
+            z = mix64(x)
+            out.append(((z & 0xFFFFFFFF) * n) >> 32)
+            out.append(((z >> 32) * n) >> 32)
+        del out[count:]
+        return out
 
     def _feasible(self, i: int, rc: int, rm: int, rp: int) -> bool:
         return (
@@ -389,13 +419,18 @@ class Planner:
         self, request: PlacementRequest, request_hash: int, want: int, spread: _Spread | None
     ) -> list[int]:
         """Up to ``want`` distinct feasible nodes: sampled, topped up by a pruned scan."""
-        rc, rm, rp = request.resources.as_tuple()
+        res = request.resources
+        rc, rm, rp = res.cpu_millicores, res.memory_bytes, res.pids
         simple = self._simple(request)
+        usable, free_c, free_m, free_p = self.usable, self.free_c, self.free_m, self.free_p
         found: list[int] = []
         for i in self._sample_positions(request_hash, want):
             if (
-                i not in found
-                and self._feasible(i, rc, rm, rp)
+                usable[i]
+                and free_c[i] >= rc
+                and free_m[i] >= rm
+                and free_p[i] >= rp
+                and i not in found
                 and (simple or self._admissible(i, request, spread))
             ):
                 found.append(i)
@@ -425,7 +460,7 @@ class Planner:
         uc = (cc - self.free_c[i] + rc) * 1000 // cc if cc else 0
         um = (cm - self.free_m[i] + rm) * 1000 // cm if cm else 0
         dom = self._dominant_after(i, rc, rm, rp)
-        credit = self.credit[i] * 1000 // self.credit_scale
+        credit = self.credit[i] * 1000 // self.credit_div[i]
         credit = -1000 if credit < -1000 else 1000 if credit > 1000 else credit
         balance = 1000 - abs(uc - um)
         fit = dom if cfg.pack else 1000 - dom
@@ -447,13 +482,13 @@ class Planner:
         rc, rm, rp = request.resources.as_tuple()
         free_c, free_m, free_p = self.free_c, self.free_m, self.free_p
         cap_c, cap_m, cap_p = self.cap_c, self.cap_m, self.cap_p
-        credit, scale, node_hash = self.credit, self.credit_scale, self.node_hash
+        credit, divisor, node_hash = self.credit, self.credit_div, self.node_hash
         wc, wb, wf, pack = cfg.credit_weight, cfg.balance_weight, cfg.fit_weight, cfg.pack
         per_node = self.wl_node.get(request.workload)
         per_zone = self.wl_zone.get(request.workload)
         aa_node, aa_zone, zone_of = cfg.node_anti_affinity, cfg.zone_anti_affinity, self.zone_of
         best = -1
-        best_key = (0, 0)
+        best_total = 0
         for i in candidates:
             cc, cm, cp = cap_c[i], cap_m[i], cap_p[i]
             uc = (cc - free_c[i] + rc) * 1000 // cc if cc else 0
@@ -465,7 +500,7 @@ class Planner:
             total = wb * (1000 - (uc - um if uc > um else um - uc))
             total += wf * (dom if pack else 1000 - dom)
             if wc:
-                c = credit[i] * 1000 // scale
+                c = credit[i] * 1000 // divisor[i]
                 total += wc * (-1000 if c < -1000 else 1000 if c > 1000 else c)
             if per_node:
                 total -= aa_node * per_node.get(i, 0)
@@ -473,9 +508,12 @@ class Planner:
                 z = zone_of[i]
                 if z >= 0:
                     total -= aa_zone * per_zone.get(z, 0)
-            key = (total, mix64(node_hash[i] ^ rh))
-            if best < 0 or key > best_key:
-                best, best_key = i, key
+            if (
+                best < 0
+                or total > best_total
+                or (total == best_total and node_hash[i] ^ rh > node_hash[best] ^ rh)
+            ):
+                best, best_total = i, total
         return best
 
     def _choose_scored(self, request: PlacementRequest, rh: int) -> int:
@@ -544,27 +582,27 @@ class Planner:
         return chosen
 
     def _choose_best_fit(self, request: PlacementRequest, rh: int) -> int:
-        """The node left with the least free memory (then cpu) that still fits."""
+        """The node left with the least free memory (then cpu) that still fits.
+
+        The index is sorted by (free memory, free cpu), so the first entry from the
+        bisection point that fits on every resource is the best fit; the walk only
+        skips nodes with enough memory but too little cpu or pids.
+        """
         rc, rm, rp = request.resources.as_tuple()
         simple = self._simple(request)
         spread = None if simple else self._spread_for(request)
         index = self._bestfit
-        pos = bisect_left(index, (rm, rc, -1, -1))
-        walked = 0
-        for entry in index[pos : pos + 256]:
+        free_p = self.free_p
+        for pos in range(bisect_left(index, (rm, rc, -1, -1)), len(index)):
+            entry = index[pos]
             i = entry[3]
-            walked += 1
-            if self._feasible(i, rc, rm, rp) and (simple or self._admissible(i, request, spread)):
-                return i
-        if pos + walked >= len(index):
-            return -1
-        best = -1
-        for i in self.fits_from(0, rc, rm, rp):
-            if (simple or self._admissible(i, request, spread)) and (
-                best < 0 or self._bestfit_key[i] < self._bestfit_key[best]
+            if (
+                entry[1] >= rc
+                and free_p[i] >= rp
+                and (simple or self._admissible(i, request, spread))
             ):
-                best = i
-        return best
+                return i
+        return -1
 
     # --------------------------------------------------------------- decisions
 
@@ -602,23 +640,49 @@ class Planner:
             return Decision(
                 replica_id=request.replica_id, node_id=None, rule="tenant_cap", reason=capped
             )
+        # Within a batch free room only shrinks, so a shape that failed fails again;
+        # with distinct_nodes or spread it also depends on the workload's own
+        # placements, so those failures are forgotten when the workload places one.
         res = request.resources
         shape = (res.cpu_millicores, res.memory_bytes, res.pids, request.constraints)
         simple_shape = not request.distinct_nodes and request.spread_by is None
         if simple_shape:
-            known = self.failed_shapes.get(shape)
-            if known is not None:
-                return Decision(
-                    replica_id=request.replica_id, node_id=None, rule=known[0], reason=known[1]
-                )
+            failed = self.failed_shapes
+            key: tuple[object, ...] = shape
+        else:
+            failed = self.failed_by_workload.setdefault(request.workload, {})
+            key = (*shape, request.distinct_nodes, request.spread_by, request.max_skew)
+        known: tuple[Rule, str] | None = failed.get(key)
+        if known is None and simple_shape and not request.constraints:
+            # A request at least as large as one that already failed fails too.
+            for small in self.failed_frontier:
+                if small[0] <= shape[0] and small[1] <= shape[1] and small[2] <= shape[2]:
+                    verdict: tuple[Rule, str] = ("resources", self._no_room_reason(res))
+                    failed[key] = known = verdict
+                    break
+        if known is not None:
+            return Decision(
+                replica_id=request.replica_id,
+                node_id=None,
+                rule=known[0],
+                reason=known[1],
+            )
         i = self._choose(request, self.request_hash(request)) if self.n else -1
         if i < 0:
             rule, reason = self.why_not(request)
-            if simple_shape:
-                self.failed_shapes[shape] = (rule, reason)
+            failed[key] = (rule, reason)
+            if simple_shape and not request.constraints and rule == "resources":
+                self._remember_failure((res.cpu_millicores, res.memory_bytes, res.pids))
             return Decision(replica_id=request.replica_id, node_id=None, rule=rule, reason=reason)
         self.commit(request, i)
         return Decision(replica_id=request.replica_id, node_id=self.ids[i])
+
+    def _remember_failure(self, shape: tuple[int, int, int]) -> None:
+        """Keep the Pareto-minimal shapes that found no room (at most 64)."""
+        c, m, p = shape
+        kept = [s for s in self.failed_frontier if not (c <= s[0] and m <= s[1] and p <= s[2])]
+        kept.append(shape)
+        self.failed_frontier = kept[-64:]
 
     def commit(self, request: PlacementRequest, i: int) -> None:
         """Record ``request`` as placed on node ``i``."""
@@ -628,10 +692,11 @@ class Planner:
         self.free_p[i] -= rp
         self._tree_update(i)
         node = self.nodes[i]
-        self.credit[i] -= placement_cost(node.capacity, request.resources)
+        self.credit[i] -= placement_cost(node.capacity, request.resources) << self.spend_shift
         self.placed_on[request.replica_id] = node.id
         self._count_tenant(request.tenant, request.resources, +1)
         self._count_workload(request.workload, i)
+        self.failed_by_workload.pop(request.workload, None)
         for spread in self.spreads_of.get(request.workload, ()):
             value = node.label(spread.key)
             if value is not None:
@@ -658,10 +723,31 @@ class Planner:
             (use[d] * 1_000_000_000 // self.total[d]) if self.total[d] else 0 for d in range(3)
         )
 
-    def place_batch(self, requests: Sequence[PlacementRequest]) -> list[Decision]:
+    def place_batch(
+        self,
+        requests: Sequence[PlacementRequest],
+        *,
+        clock: Callable[[], float] | None = None,
+        latencies: list[float] | None = None,
+    ) -> list[Decision]:
         """Decide ``requests`` (tenant fairness across tenants, priority within one);
-        decisions come back in the order of ``requests``."""
+        decisions come back in the order of ``requests``.
+
+        With ``clock`` (e.g. ``time.perf_counter``, passed in by a benchmark: the
+        library never reads a clock itself), the time of each decision is appended
+        to ``latencies``.
+        """
         decisions: list[Decision | None] = [None] * len(requests)
+        timings = latencies if latencies is not None else []
+
+        def decide(pos: int) -> Decision:
+            if clock is None:
+                return self.place_one(requests[pos])
+            started = clock()
+            decision = self.place_one(requests[pos])
+            timings.append(clock() - started)
+            return decision
+
         seen: set[str] = set()
         queues: dict[str, list[tuple[int, int]]] = {}
         for pos, request in enumerate(requests):
@@ -686,7 +772,7 @@ class Planner:
             for queue in queues.values():
                 while queue:
                     _, pos = queue.pop()
-                    decisions[pos] = self.place_one(requests[pos])
+                    decisions[pos] = decide(pos)
         else:
             # Weighted fair order (Xen credit style): the tenant furthest below its
             # weighted share goes next, so UNDER tenants are served before OVER ones.
@@ -701,7 +787,7 @@ class Planner:
                 _, tenant = heapq.heappop(heap)
                 queue = queues[tenant]
                 _, pos = queue.pop()
-                decisions[pos] = self.place_one(requests[pos])
+                decisions[pos] = decide(pos)
                 if queue:
                     heapq.heappush(heap, key(tenant))
         return [d for d in decisions if d is not None]
@@ -710,67 +796,59 @@ class Planner:
 
     def why_not(self, request: PlacementRequest) -> tuple[Rule, str]:
         """Which rule keeps ``request`` off every node, in words a user can act on."""
-        rid = request.replica_id
         want = request.resources.as_tuple()
         if self.n == 0:
-            return "no_nodes", f"no nodes are known, so {rid} cannot be placed"
+            return "no_nodes", "no nodes are known"
         usable_count = self.n - sum(self.not_usable.values())
         if usable_count == 0:
             return "state", f"no node can take new work: {self._not_usable_text()}"
         suffix = f" ({self._not_usable_text()} take no new work)" if self.not_usable else ""
-        if self._simple(request):
-            # Only resources can block it: answer from the max-tree, no scan.
-            for dim in (1, 0, 2):
-                j = self._argmax(dim)
-                free = (self.free_c, self.free_m, self.free_p)[dim][j]
-                if free < want[dim]:
-                    return "resources", (
-                        f"no node has {_dim_phrase(dim, want[dim])} free; largest free: "
-                        f"{_fmt(dim, max(free, 0))} on {self.ids[j]}{suffix}"
-                    )
-            j = self._argmax(1)
-            return "resources", (
-                f"no node has {request.resources.human()} free together; closest: "
-                f"{self.ids[j]} with {self._free_text(j)} free{suffix}"
-            )
-        usable = [i for i in range(self.n) if self.usable[i]]
-        matching = usable
-        for constraint in request.constraints:
-            kept = [i for i in matching if constraint.matches(self.nodes[i])]
-            if not kept:
-                seen = sorted(
-                    {v for i in matching if (v := self.nodes[i].label(constraint.key)) is not None}
-                )
-                values = (
-                    f"values of {constraint.key} there: {', '.join(seen)}"
-                    if seen
-                    else (f"none has the label {constraint.key}")
-                )
-                return "constraints", (
-                    f"no usable node matches constraint {constraint} "
-                    f"({len(matching)} nodes otherwise eligible; {values}){suffix}"
-                )
-            matching = kept
-        scope = (
-            f" among the {len(matching)} nodes matching {self._constraints_text(request)}"
-            if (request.constraints)
-            else ""
-        )
         frees = (self.free_c, self.free_m, self.free_p)
-        fitting = [i for i in matching if all(frees[d][i] >= want[d] for d in range(3))]
-        if not fitting:
-            for dim in (1, 0, 2):
-                j = self._most_free(matching, frees[dim])
-                if frees[dim][j] < want[dim]:
-                    return "resources", (
-                        f"no node{scope} has {_dim_phrase(dim, want[dim])} free; largest free: "
-                        f"{_fmt(dim, max(frees[dim][j], 0))} on {self.ids[j]}{suffix}"
+        if not request.constraints:
+            # Resources first, answered from the max-tree without a scan.
+            fitting = list(self._fits_range(0, self.n, *want))
+            if not fitting:
+                return "resources", self._no_room_reason(request.resources)
+            scope = ""
+        else:
+            usable = [i for i in range(self.n) if self.usable[i]]
+            matching = usable
+            for constraint in request.constraints:
+                kept = [i for i in matching if constraint.matches(self.nodes[i])]
+                if not kept:
+                    seen = sorted(
+                        {
+                            v
+                            for i in matching
+                            if (v := self.nodes[i].label(constraint.key)) is not None
+                        }
                     )
-            j = max(matching, key=lambda i: (self.free_m[i], self.ids[i]))
-            return "resources", (
-                f"no node{scope} has {request.resources.human()} free together; closest: "
-                f"{self.ids[j]} with {self._free_text(j)} free{suffix}"
-            )
+                    values = (
+                        f"values of {constraint.key} there: {', '.join(seen)}"
+                        if seen
+                        else (f"none has the label {constraint.key}")
+                    )
+                    return "constraints", (
+                        f"no usable node matches constraint {constraint} "
+                        f"({len(matching)} nodes otherwise eligible; {values}){suffix}"
+                    )
+                matching = kept
+            scope = f" among the {len(matching)} nodes matching {self._constraints_text(request)}"
+            fitting = [i for i in matching if all(frees[d][i] >= want[d] for d in range(3))]
+            if not fitting:
+                for dim in (1, 0, 2):
+                    j = self._most_free(matching, frees[dim])
+                    if frees[dim][j] < want[dim]:
+                        return "resources", (
+                            f"no node{scope} has {_dim_phrase(dim, want[dim])} free; "
+                            f"largest free: {_fmt(dim, max(frees[dim][j], 0))} on "
+                            f"{self.ids[j]}{suffix}"
+                        )
+                j = self._most_free(matching, self.free_m)
+                return "resources", (
+                    f"no node{scope} has {request.resources.human()} free together; closest: "
+                    f"{self.ids[j]} with {self._free_text(j)} free{suffix}"
+                )
         if request.distinct_nodes:
             per_node = self.wl_node.get(request.workload, {})
             free_of_it = [i for i in fitting if not per_node.get(i)]
@@ -790,12 +868,34 @@ class Planner:
             lowest = spread.minimum()
             starved = sorted(d for d in spread.domains if spread.counts.get(d, 0) == lowest)
             return "spread", (
-                f"placing {rid} would exceed max_skew {request.max_skew} over "
+                f"one more replica of {request.workload} would exceed max_skew "
+                f"{request.max_skew} over "
                 f"{spread.key} for {request.workload} (replicas per {spread.key}: {counts}); "
                 f"the emptiest ({', '.join(starved)}) has no node with room{scope}: "
                 f"free room there or raise max_skew"
             )
-        return "resources", f"no node could take {rid}{scope}{suffix}"  # pragma: no cover
+        return (
+            "resources",
+            f"no node could take {request.workload}{scope}{suffix}",
+        )  # pragma: no cover
+
+    def _no_room_reason(self, resources: Resources) -> str:
+        """Why no usable node fits ``resources`` (known to be true), from the max-tree."""
+        want = resources.as_tuple()
+        frees = (self.free_c, self.free_m, self.free_p)
+        suffix = f" ({self._not_usable_text()} take no new work)" if self.not_usable else ""
+        for dim in (1, 0, 2):
+            j = self._argmax(dim)
+            if frees[dim][j] < want[dim]:
+                return (
+                    f"no node has {_dim_phrase(dim, want[dim])} free; largest free: "
+                    f"{_fmt(dim, max(frees[dim][j], 0))} on {self.ids[j]}{suffix}"
+                )
+        j = self._argmax(1)
+        return (
+            f"no node has {resources.human()} free together; closest: "
+            f"{self.ids[j]} with {self._free_text(j)} free{suffix}"
+        )
 
     def _most_free(self, among: Sequence[int], free: Sequence[int]) -> int:
         return max(among, key=lambda i: (free[i], self.ids[i]))

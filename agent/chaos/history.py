@@ -64,18 +64,30 @@ def _apply(state: WorkloadState, op: Op) -> WorkloadState | None:
 
 
 def possible_final_states(ops: Sequence[Op]) -> set[WorkloadState]:
-    """Every state one workload can be in after ``ops``, given how each one ended."""
+    """Every state one workload can be in after ``ops``, given how each one ended.
+
+    Empty when some acknowledged op could not have applied in any state the history
+    allows (``impossible_op`` names it)."""
+    return _walk(ops)[0]
+
+
+def impossible_op(ops: Sequence[Op]) -> Op | None:
+    """The first acknowledged op that no possible state could have applied."""
+    return _walk(ops)[1]
+
+
+def _walk(ops: Sequence[Op]) -> tuple[set[WorkloadState], Op | None]:
     states = {ABSENT}
     for op in ops:
         applied = {s for s in (_apply(state, op) for state in states) if s is not None}
         if op.outcome == "ok":
+            if not applied:
+                return set(), op
             states = applied
         elif op.outcome == "unknown":
             states = states | applied
         # "fail": the agent answered that it did not apply; the states stay.
-        if not states:
-            break
-    return states
+    return states, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +107,18 @@ def check_writes(ops: Iterable[Op], final: Mapping[str, WorkloadState]) -> list[
     violations = []
     for name, sequence in sorted(by_workload.items()):
         sequence.sort(key=lambda op: op.invoked_at)
-        possible = possible_final_states(sequence)
+        possible, impossible = _walk(sequence)
         observed = final.get(name, ABSENT)
+        if impossible is not None:
+            violations.append(
+                Violation(
+                    "writes",
+                    f"{name}: {impossible.kind} {impossible.replicas} at "
+                    f"+{impossible.invoked_at:.1f}s was acknowledged, but no state the "
+                    "history allows could have applied it",
+                )
+            )
+            continue
         if observed in possible:
             continue
         shown = ", ".join(

@@ -10,6 +10,7 @@ The long randomised soak is `scripts/chaos soak`, not CI.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -33,7 +34,9 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Soak]:
         nodes=5,
         base=tmp_path_factory.mktemp("chaos"),
         preset="lan",
-        first_host="127.0.4.2",
+        # Addresses of its own, so a run beside another (two developers, two suites)
+        # never has its partitions cut the other's cluster.
+        first_host=f"127.0.{10 + os.getpid() % 200}.2",
         workloads=3,
         tag=TAG,
         log=print,

@@ -124,6 +124,7 @@ class LocalAgent:
         ]
         if self.cluster.runtime_path:
             argv += ["--runtime-path", self.cluster.runtime_path]
+        argv += self.cluster.per_agent_args.get(self.index, [])
         argv.append("--stop-on-exit" if stop_on_exit else "--no-stop-on-exit")
         argv += self.cluster.agent_args
         for seed in join:
@@ -211,9 +212,11 @@ class LocalCluster:
         preset: str = "local",
         runtime_path: str | None = None,
         agent_args: list[str] | None = None,
+        per_agent_args: dict[int, list[str]] | None = None,
     ) -> None:
         self.base = base
         self.agent_args = list(agent_args or [])  # more flags for every `hypha agent`
+        self.per_agent_args = per_agent_args or {}  # extra flags by agent index
         self.tag = "t" + secrets.token_hex(3)
         self.driver = driver
         self.preset = preset

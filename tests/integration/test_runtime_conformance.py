@@ -235,3 +235,28 @@ async def test_env_cwd_and_user(kind: str) -> None:
         await dut.driver.start(spec)
         assert await dut.driver.wait("env") == 0
         assert await collect(dut.driver.logs("env")) == b"hi\n/tmp\n65534\n65534\n"
+
+
+async def test_exec_inside_a_running_container(dut: DriverUnderTest) -> None:
+    """Health checks run commands inside the container: exit code, output, timeout."""
+    from runtime import RuntimeFailedError
+
+    script = "run" if dut.kind == "mock" else "sleep 1000"
+    await dut.driver.start(dut.spec("ex", script, env={"WHO": "inside"}))
+    ok = await dut.driver.exec("ex", ("true",), timeout=20)
+    assert ok.exit_code == 0 and ok.ok and not ok.timed_out
+    bad = await dut.driver.exec("ex", ("false",), timeout=20)
+    assert bad.exit_code == 1 and not bad.ok
+    if dut.kind != "mock":
+        said = await dut.driver.exec("ex", ("sh", "-c", "echo $WHO; exit 4"), timeout=20)
+        assert said.exit_code == 4 and said.output == b"inside\n"
+        slow = await dut.driver.exec("ex", ("sleep", "30"), timeout=0.5)
+        assert slow.timed_out and slow.exit_code is None and not slow.ok
+        big = await dut.driver.exec("ex", ("head", "-c", "100000", "/dev/zero"), timeout=20)
+        assert big.exit_code == 0 and len(big.output) == 4096
+    with pytest.raises(ContainerNotFoundError):
+        await dut.driver.exec("nope", ("true",), timeout=5)
+    await dut.driver.stop("ex", grace=1)
+    with pytest.raises(RuntimeFailedError):
+        await dut.driver.exec("ex", ("true",), timeout=5)
+    await dut.driver.remove("ex")

@@ -68,3 +68,26 @@ def test_bad_flag_values(tmp_path: Path) -> None:
         hypha("agent", "--bind", "127.0.0.9:0", "--label", "zone", "--data-dir", str(tmp_path))
     )
     assert "--label: expected KEY=VALUE" in line
+
+
+def test_gossip_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    assert hypha("keygen", "-o", str(tmp_path / "secret")).returncode == 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.9", 0))
+        port = busy.getsockname()[1]
+        line = one_line_error(
+            hypha(
+                "agent",
+                "--name",
+                "a",
+                "--bind",
+                f"127.0.0.9:{port}",
+                "--data-dir",
+                str(tmp_path),
+                "--driver",
+                "process",
+            )
+        )
+    assert "bind:" in line and str(port) in line

@@ -103,3 +103,9 @@ def test_schedule_is_a_function_of_the_seed() -> None:
 def test_scaling_to_the_same_count_is_no_new_version() -> None:
     ops = [op("create", 3, "ok", 1), op("scale", 3, "ok", 2), op("scale", 4, "ok", 3)]
     assert possible_final_states(ops) == {WorkloadState(True, 4, 2)}
+
+
+def test_an_acknowledged_impossible_write_is_reported_not_crashed_on() -> None:
+    ops = [op("create", 3, "ok", 1), op("create", 2, "ok", 2)]  # created twice, both ok
+    (violation,) = check_writes(ops, {"w": WorkloadState(True, 2, 1)})
+    assert "create 2 at +2.0s was acknowledged" in violation.detail

@@ -123,3 +123,11 @@ def test_an_agent_that_dies_mid_answer_is_unreachable(tmp_path: Path) -> None:
     finally:
         thread.join(timeout=5)
         server.close()
+
+
+def test_command_name_skips_global_options() -> None:
+    from agent.cli import _command_name
+
+    assert _command_name(["--api", "unix:/x", "-v", "agent", "--name", "n1"]) == "agent"
+    assert _command_name(["--token-file", "t", "run", "agent"]) == "run"
+    assert _command_name(["--debug"]) is None

@@ -45,7 +45,13 @@ def test_moves_replicas_of_dead_and_draining_nodes_only() -> None:
     view = nodes(
         node("a", "dead"), node("b", "suspect"), node("c", draining=True), node("d"), node("e")
     )
-    result, _ = plan([workload("web", 4)], placements, view, seed=1)
+    for rid, n in (("web-1", "b"), ("web-2", "c"), ("web-3", "d")):
+        view[n].replicas = {rid: {"state": "running", "health": None}}
+    # web-0 is lost and web-2 drains: both may be unavailable at once with max_unavailable 2.
+    spec = WorkloadSpec.from_dict(
+        {"name": "web", "command": ["serve"], "replicas": 4, "drain": {"max_unavailable": 2}}
+    )
+    result, _ = plan([WorkloadView("web", spec, 1)], placements, view, seed=1)
     moved = {rid: n for rid, n, _ in result.place}
     assert set(moved) == {"web-0", "web-2"}  # b is only suspect: web-1 stays
     assert all(n in ("d", "e") for n in moved.values())

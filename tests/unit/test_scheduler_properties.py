@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from fractions import Fraction
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -166,20 +167,27 @@ def test_same_output_under_any_node_order_and_across_runs(
     balances=st.lists(st.integers(-(10**9), 10**9), min_size=1, max_size=30),
     rounds=st.integers(0, 6),
     rate=st.integers(0, 1000),
+    weighted=st.booleans(),
     data=st.data(),
 )
-def test_exchange_conserves_the_total(
-    balances: list[int], rounds: int, rate: int, data: st.DataObject
+def test_exchange_conserves_the_total_and_narrows_density(
+    balances: list[int], rounds: int, rate: int, weighted: bool, data: st.DataObject
 ) -> None:
     names = [f"n{i}" for i in range(len(balances))]
     pairs = [(a, b) for a in names for b in names if a < b]
     edges = data.draw(st.lists(st.sampled_from(pairs), unique=True) if pairs else st.just([]))
+    caps = {
+        name: data.draw(st.sampled_from([1, 4000, 8000, 64000])) if weighted else 1
+        for name in names
+    }
     before = dict(zip(names, balances, strict=True))
-    after = exchange(before, sorted(edges), rounds=rounds, rate=rate)
+    after = exchange(before, sorted(edges), rounds=rounds, rate=rate, capacities=caps)
     assert sum(after.values()) == sum(before.values())
-    # Exchange only narrows the spread.
-    assert max(after.values()) <= max(before.values())
-    assert min(after.values()) >= min(before.values())
+    # Exchange only narrows the spread of credit per unit of capacity.
+    density_before = [Fraction(before[n], caps[n]) for n in names]
+    density_after = [Fraction(after[n], caps[n]) for n in names]
+    assert max(density_after) <= max(density_before)
+    assert min(density_after) >= min(density_before)
 
 
 @PROFILE

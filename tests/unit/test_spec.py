@@ -78,8 +78,42 @@ def test_json_file(tmp_path: Path) -> None:
         ({"name": "w", "command": ["x"], "env": {"1X": "y"}}, "env.1X"),
         ({"name": "w", "command": ["x"], "constraints": [{"op": "=="}]}, "constraints[0].label"),
         ({"name": "w", "command": ["x"], "replica": 3}, "replica: unknown field"),
-        ({"name": "w", "command": ["x"], "health": {}}, "health: health checks are not"),
-        ({"name": "w", "command": ["x"], "type": "batch"}, "type: 'batch' jobs"),
+        ({"name": "w", "command": ["x"], "health": {}}, "health: give exactly one"),
+        ({"name": "w", "command": ["x"], "type": "cron"}, "type: must be one of"),
+        (
+            {"name": "w", "command": ["x"], "type": "batch", "restart": "always"},
+            "restart.policy: a batch job runs to completion",
+        ),
+        ({"name": "w", "command": ["x"], "health": {"tcp": 0}}, "health.tcp: must be 1..65535"),
+        (
+            {"name": "w", "command": ["x"], "health": {"tcp": 80, "command": ["true"]}},
+            "health: give exactly one",
+        ),
+        (
+            {"name": "w", "command": ["x"], "health": {"command": "true"}},
+            "health.command: must be a list",
+        ),
+        (
+            {"name": "w", "command": ["x"], "health": {"tcp": 80, "interval": 0}},
+            "health.interval: must be 0.1..3600",
+        ),
+        (
+            {"name": "w", "command": ["x"], "health": {"tcp": 80, "retry": 2}},
+            "health.retry: unknown field",
+        ),
+        (
+            {"name": "w", "command": ["x"], "update": {"max_parallel": 0}},
+            "update.max_parallel: must be",
+        ),
+        (
+            {"name": "w", "command": ["x"], "update": {"min_healthy": 500}},
+            "update.healthy_deadline: must be more than",
+        ),
+        (
+            {"name": "w", "command": ["x"], "update": {"auto_revert": "yes"}},
+            "update.auto_revert: must be true or false",
+        ),
+        ({"name": "w", "command": ["x"], "drain": {"max_unavailable": 0}}, "drain.max_unavailable"),
     ],
 )
 def test_bad_fields_are_named(data: dict, message: str) -> None:
@@ -121,3 +155,34 @@ def test_replica_ids() -> None:
     assert split_replica_id("my-web-12") == ("my-web", 12)
     with pytest.raises(ConfigError, match="replica: expected WORKLOAD-INDEX"):
         split_replica_id("web")
+
+
+def test_health_update_drain_and_types_round_trip() -> None:
+    spec = WorkloadSpec.from_dict(
+        {
+            "name": "api",
+            "command": ["sleep", "60"],
+            "health": {"tcp": 8080, "interval": 2, "retries": 2, "start_period": 1},
+            "update": {"max_parallel": 2, "min_healthy": 3, "auto_revert": True},
+            "drain": {"max_unavailable": 2},
+        }
+    )
+    assert spec.health is not None and spec.health.tcp_port == 8080
+    assert spec.health.describe().startswith("tcp 127.0.0.1:8080 every 2s")
+    assert spec.update.auto_revert and spec.update.max_parallel == 2
+    assert spec.drain.max_unavailable == 2
+    assert WorkloadSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_batch_defaults_to_retrying_failures() -> None:
+    spec = WorkloadSpec.from_dict({"name": "job", "command": ["true"], "type": "batch"})
+    assert spec.restart == RestartPolicy("on-failure", 3)
+    assert WorkloadSpec.from_dict(spec.to_dict()) == spec
+    system = WorkloadSpec.from_dict({"name": "agent", "command": ["true"], "type": "system"})
+    assert system.type == "system" and system.restart.mode == "always"
+
+
+def test_the_example_spec_file_is_valid() -> None:
+    root = Path(__file__).resolve().parents[2] / "examples"
+    for path in sorted(root.glob("*.toml")):
+        WorkloadSpec.load(path)
