@@ -27,6 +27,7 @@ EventHook = Callable[[str, float, GossipEvent], None]
 _TICK = 0
 _DELIVER = 1
 _RESUME = 2
+_JOIN_RETRY = 3
 
 
 @dataclass(slots=True)
@@ -108,6 +109,8 @@ class Simulation:
         seeds = [self.address_of(s) for s in join]
         if seeds:
             self._send(name, node.join(seeds, self.now))
+            # Like GossipService.join: retry with backoff until somebody answers.
+            self._push(self.now + 0.25, _JOIN_RETRY, (name, generation, tuple(seeds), 0.25))
         self._schedule(name)
         return node
 
@@ -168,6 +171,9 @@ class Simulation:
             elif kind == _DELIVER:
                 assert isinstance(payload, tuple)
                 self._deliver(*payload)
+            elif kind == _JOIN_RETRY:
+                assert isinstance(payload, tuple)
+                self._retry_join(*payload)
             else:
                 assert isinstance(payload, str)
                 self._resume(payload)
@@ -268,6 +274,18 @@ class Simulation:
         node = self.nodes[target]
         self._send(target, node.receive(data, source, self.now))
         self._schedule(target)
+
+    def _retry_join(
+        self, name: str, generation: int, seeds: tuple[Address, ...], delay: float
+    ) -> None:
+        node = self.nodes.get(name)
+        if node is None or node.generation != generation or name in self._down:
+            return
+        if node.last_contact > -math.inf:
+            return
+        self._send(name, node.join(seeds, self.now))
+        delay = min(delay * 2, 5.0)
+        self._push(self.now + delay, _JOIN_RETRY, (name, generation, seeds, delay))
 
     def _resume(self, name: str) -> None:
         buffered = self._stalled.pop(name, None)

@@ -96,7 +96,7 @@ def sim_cluster(n: int, seed: int) -> tuple[Simulation, Watch]:
 
 def spread_time(sim: Simulation, seen: Callable[[], dict[str, float]], start: float) -> float:
     everyone = len(sim.live()) - 1
-    if not sim.run_until_true(lambda: len(seen()) >= everyone, 120, 0.05):
+    if not sim.run_until_true(lambda: len(seen()) >= everyone, 60, 0.05):
         return float("nan")
     return max(seen().values()) - start
 
@@ -139,16 +139,13 @@ def sim_bytes(n: int, seed: int) -> float:
     return (sim.stats.bytes - before) / 30 / n
 
 
-def simulate(quick: bool) -> list[SimRow]:
-    plan = {
-        10: (20, 600.0),
-        100: (10, 600.0),
-        1000: (3, 60.0),
-    }
+def simulate(quick: bool, sizes: list[int]) -> None:
+    plan = {10: (20, 600.0), 100: (10, 600.0), 1000: (3, 60.0)}
     if quick:
         plan = {10: (10, 120.0), 100: (5, 60.0), 1000: (2, 20.0)}
-    rows = []
-    for n, (repeats, loss_seconds) in plan.items():
+    print_sim_header()
+    for n in sizes:
+        repeats, loss_seconds = plan.get(n, plan[1000])
         t0 = time.monotonic()
         row = SimRow(n, loss_minutes=loss_seconds / 60)
 
@@ -165,30 +162,31 @@ def simulate(quick: bool) -> list[SimRow]:
             row.false_deaths[loss] = sim_false_deaths(n, 7, loss, loss_seconds)
         step("false deaths under loss")
         row.bytes_per_node = sim_bytes(n, 9)
-        rows.append(row)
-        print(f"  simulated N={n} in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
-    return rows
+        print_sim_row(row)
+        step("done")
 
 
-def print_sim(rows: list[SimRow]) -> None:
+def print_sim_header() -> None:
     print("\n### Simulation (LAN preset, virtual time; 1 round = gossip_interval = 0.2 s)\n")
     print(
         "| N | join known by all: rounds (s) | at 30% loss | key change: rounds (s) "
         "| at 30% loss | crash known by all p50 / p99 (s) | false deaths 10% / 30% loss "
         "| bytes/s/node |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    print("|---|---|---|---|---|---|---|---|", flush=True)
 
-        def rs(s: float) -> str:
-            return f"{fmt(s / ROUND, 1)} ({fmt(s)})"
 
-        print(
-            f"| {r.n} | {rs(r.join_s)} | {rs(r.join_s_loss30)} | {rs(r.change_s)} "
-            f"| {rs(r.change_s_loss30)} | {fmt(pct(r.detect, 50))} / {fmt(pct(r.detect, 99))} "
-            f"(n={len(r.detect)}) | {r.false_deaths[0.1]} / {r.false_deaths[0.3]} over "
-            f"{r.loss_minutes:g} min | {r.bytes_per_node:.0f} |"
-        )
+def print_sim_row(r: SimRow) -> None:
+    def rs(s: float) -> str:
+        return f"{fmt(s / ROUND, 1)} ({fmt(s)})"
+
+    print(
+        f"| {r.n} | {rs(r.join_s)} | {rs(r.join_s_loss30)} | {rs(r.change_s)} "
+        f"| {rs(r.change_s_loss30)} | {fmt(pct(r.detect, 50))} / {fmt(pct(r.detect, 99))} "
+        f"(n={len(r.detect)}) | {r.false_deaths[0.1]} / {r.false_deaths[0.3]} over "
+        f"{r.loss_minutes:g} min | {r.bytes_per_node:.0f} |",
+        flush=True,
+    )
 
 
 # -- real processes -------------------------------------------------------------------
@@ -539,6 +537,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="shorter runs and fewer repeats")
     p.add_argument("--no-sim", action="store_true")
     p.add_argument("--no-real", action="store_true")
+    p.add_argument("--sizes", default="10,100,1000", help="simulated cluster sizes")
     p.add_argument("--agents", type=int, default=20)
     p.add_argument("--kills", type=int, default=5)
     p.add_argument("--loss-seconds", type=float, default=60.0)
@@ -546,7 +545,7 @@ def main() -> int:
     print(f"# scripts/bench-gossip {' '.join(sys.argv[1:])}".rstrip())
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs")
     if not args.no_sim:
-        print_sim(simulate(args.quick))
+        simulate(args.quick, [int(x) for x in args.sizes.split(",")])
     if not args.no_real:
         if shutil.which("serf") is None:
             print("\n(real-process part skipped: serf is not installed; apt-get install serf)")

@@ -136,3 +136,18 @@ def test_restart_comes_back_as_a_new_generation() -> None:
         30,
     )
     assert all(sim.nodes[o].state_of("n003") == {} for o in sim.nodes)
+
+
+def test_duplicated_and_delayed_packets_change_nothing() -> None:
+    sim = cluster(15, seed=10)
+    sim.duplicate = 0.3
+    sim.extra_delay = 0.08
+    sim.loss = 0.05
+    for i in range(15):
+        sim.nodes[f"n{i:03d}"].set("load", str(i), sim.now)
+    sim.run_for(60)
+    assert deaths(sim) == [], f"seed=10: {deaths(sim)}"
+    assert sim.stats.duplicated > 0 and sim.stats.dropped_mtu == 0
+    assert all(
+        sim.nodes[o].state_of(f"n{i:03d}") == {"load": str(i)} for o in sim.nodes for i in range(15)
+    ), "seed=10: states differ"
