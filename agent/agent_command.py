@@ -22,6 +22,7 @@ from agent import logs as log_setup
 from agent.cli import CliState, cli
 from agent.config import load_config, parse_size
 from agent.errors import ConfigError, HyphaError
+from agent.localcluster import free_port
 from agent.secrets import check_private, generate_secret, write_secret
 
 log = logging.getLogger("hypha.agent")
@@ -158,32 +159,6 @@ def agent_command(state: CliState, /, config_path: Path | None, **flags: Any) ->
 
 
 # -- hypha up ------------------------------------------------------------------------
-def _free_port(hosts: list[str]) -> int:
-    """A port free for UDP (gossip) and TCP (gossip+1 for Raft) on every host."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((hosts[0], 0))
-            port = probe.getsockname()[1]
-        if port > 65000:
-            continue
-        ok = True
-        held = []
-        try:
-            for host in hosts:
-                for kind, p in ((socket.SOCK_DGRAM, port), (socket.SOCK_STREAM, port + 1)):
-                    s = socket.socket(socket.AF_INET, kind)
-                    held.append(s)
-                    s.bind((host, p))
-        except OSError:
-            ok = False
-        finally:
-            for s in held:
-                s.close()
-        if ok:
-            return port
-    raise HyphaError("could not find a free port on the loopback addresses")
-
-
 def agent_argv(
     name: str,
     host: str,
@@ -291,7 +266,7 @@ def up(
     secret = base / "secret"
     if not secret.exists():
         write_secret(secret, generate_secret())
-    port = _free_port(hosts)
+    port = free_port(hosts)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def on_term(signum: int, frame: Any) -> None:

@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 from agent.client import ApiClient
 from agent.errors import HyphaError
+from agent.localcluster import free_port
 from agent.secrets import generate_secret, write_secret
 
 _next_host = [20]
@@ -36,29 +36,6 @@ def _hosts(count: int) -> list[str]:
     start = _next_host[0] + (os.getpid() % 50)
     _next_host[0] += count
     return [f"127.0.{(start + i) // 250 + 1}.{(start + i) % 250 + 2}" for i in range(count)]
-
-
-def free_port(hosts: list[str]) -> int:
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((hosts[0], 0))
-            port = int(probe.getsockname()[1])
-        if port >= 65000:
-            continue
-        held: list[socket.socket] = []
-        try:
-            for host in hosts:
-                for kind, p in ((socket.SOCK_DGRAM, port), (socket.SOCK_STREAM, port + 1)):
-                    s = socket.socket(socket.AF_INET, kind)
-                    held.append(s)
-                    s.bind((host, p))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError("no free port")
 
 
 def wait_until(
