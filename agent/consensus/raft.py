@@ -21,9 +21,10 @@ Voters and replicas: ``bootstrap=True`` starts a one-voter group; any other node
 starts as a read-only replica (``SyncObj(None, voters)``) that receives every entry.
 The leader's autopilot adds replicas as voters, one membership change at a time,
 until ``target_voters``; a replica that sees its own address in the voter set
-rebuilds itself as a voter. A voter the membership view no longer lists is replaced:
-a replica is added first, and the dead voter is removed only once the new one has
-caught up.
+rebuilds itself as a voter. A voter that is gone (not in ``present``: the members not
+known dead, so a merely suspect one, e.g. paused for a second, still counts) is
+replaced: a replica is added first, and the dead voter is removed only once the new
+one has caught up.
 """
 
 from __future__ import annotations
@@ -335,6 +336,7 @@ class RaftNode:
         bootstrap: bool = False,
         join_via: Sequence[str] = (),
         membership: Membership | None = None,
+        present: Membership | None = None,
         target_voters: int = 3,
         timings: RaftTimings | None = None,
         max_in_flight: int = 256,
@@ -361,6 +363,7 @@ class RaftNode:
         self._join_via = list(join_via)
         self._bootstrap = bootstrap
         self.membership = membership
+        self.present = present
         self.target_voters = target_voters
         self.timings = timings or RaftTimings.lan()
         self._log_compaction_entries = log_compaction_entries
@@ -950,7 +953,10 @@ class RaftNode:
                 return
             self._pending_change = None
         alive = set(self.membership())
-        dead = sorted(voters - alive - {self.self_addr})
+        # Replace only voters known dead: a suspect one may be slow (a GC or SIGSTOP
+        # pause), and swapping it out left a resumed voter out of the set (chaos soak).
+        present = set(self.present()) | alive if self.present is not None else alive
+        dead = sorted(voters - present - {self.self_addr})
         candidates = sorted(alive - voters)
         change: tuple[str, str] | None = None
         # Grow only towards an odd size we can reach (1 -> 3 needs two replicas: an even
