@@ -350,19 +350,22 @@ class Agent:
             return f"{host}:{port}"
         return f"{self.advertise_host}:{self.gossip_port + 1}"
 
+    def _known_peer_raft_addresses(self) -> list[str]:
+        """Raft addresses other agents publish in gossip, as far as we know them now."""
+        found = []
+        for name, state in self.gossip.states().items():
+            raft = state.get("raft")
+            if name != self.name and raft:
+                found.append(str(_json(raft)))
+        return sorted(found)
+
     async def _peer_raft_addresses(self) -> list[str]:
         """Raft addresses other agents publish in gossip (waits for the first)."""
         with trio.move_on_after(JOIN_TIMEOUT):
             while True:
-                found = []
-                for name, state in self.gossip.states().items():
-                    if name == self.name:
-                        continue
-                    raft = state.get("raft")
-                    if raft:
-                        found.append(str(_json(raft)))
+                found = self._known_peer_raft_addresses()
                 if found:
-                    return sorted(found)
+                    return found
                 await trio.sleep(0.1)
         raise GossipUnavailableError(
             "join: reached the cluster but no agent published its Raft address within "
@@ -376,10 +379,13 @@ class Agent:
         data_dir.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {}
         if RaftNode.has_local_state(data_dir):
-            # A restart comes back in its old role from its own files. Waiting for peers'
-            # `raft` keys here hung a whole-cluster restart: each agent publishes its key
-            # only once its Raft has started.
-            pass
+            # A restart comes back in its old role from its own files (a replica asks
+            # the peers gossip already knows for the voters). Waiting for peers' `raft`
+            # keys here hung a whole-cluster restart: each agent publishes its key only
+            # once its Raft has started.
+            known = self._known_peer_raft_addresses()
+            if known:
+                kwargs["join_via"] = known
         elif self.config.join:
             kwargs["join_via"] = await self._peer_raft_addresses()
         else:

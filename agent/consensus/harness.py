@@ -239,14 +239,16 @@ class Cluster:
         self.nodes[addr] = node
         return node.start()
 
-    def restart(self, addr: str) -> NodeProcess:
+    def restart(self, addr: str, join: Iterable[str] | None = None) -> NodeProcess:
+        """SIGKILL the node and start it again on its data dir; it joins through
+        ``join`` (every other node by default)."""
         old = self.nodes[addr]
         old.kill()
         node = NodeProcess(
             addr,
             old.data_dir,
             self.secret,
-            join=[a for a in self.nodes if a != addr],
+            join=[a for a in self.nodes if a != addr] if join is None else list(join),
             target_voters=self.target_voters,
             compaction_entries=self.compaction_entries,
         )
