@@ -55,6 +55,13 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _write_request_id: ContextVar[str | None] = ContextVar("hypha_write_request_id", default=None)
 
 
+# Added to a forwarded write's answer by the leader: the Raft index it had applied when
+# it answered. The follower waits until it has applied as far before relaying the
+# answer, so a client reads its own write from the agent it wrote through.
+APPLIED_INDEX_KEY = "hypha_applied_index"
+READ_YOUR_WRITE_WAIT = 3.0
+
+
 def current_request_id() -> str | None:
     """The id of the API write being served (``None`` outside one). The backend gives it
     to the Raft command it proposes, so the same write forwarded or retried twice is
@@ -312,7 +319,16 @@ class ApiApp:
             token = _write_request_id.set(request_id)
             try:
                 if FORWARDED_HEADER in request.headers:
-                    return await handler(request)
+                    response = await handler(request)
+                    applied = getattr(self.backend, "applied_index", None)
+                    if (
+                        applied is not None
+                        and isinstance(response, JsonResponse)
+                        and isinstance(response.data, dict)
+                        and response.status < 400
+                    ):
+                        response.data[APPLIED_INDEX_KEY] = applied()
+                    return response
                 return await self._write(handler, request, request_id)
             finally:
                 _write_request_id.reset(token)
@@ -367,6 +383,11 @@ class ApiApp:
             raw_body=request.body or None,
             headers={REQUEST_ID_HEADER: request_id},
         )
+        if isinstance(decoded, dict):
+            index = decoded.pop(APPLIED_INDEX_KEY, None)
+            wait_applied = getattr(self.backend, "wait_applied", None)
+            if isinstance(index, int) and wait_applied is not None:
+                await wait_applied(index, READ_YOUR_WRITE_WAIT)
         return JsonResponse(decoded, status)
 
     # -- handlers ----------------------------------------------------------------------

@@ -37,7 +37,7 @@ from agent import __version__
 from agent.api import ApiApp, current_request_id
 from agent.config import AgentConfig, parse_host_port
 from agent.consensus import state as cstate
-from agent.consensus.raft import RaftNode
+from agent.consensus.raft import RaftNode, discover_voters
 from agent.errors import (
     ConfigError,
     ConflictError,
@@ -359,14 +359,26 @@ class Agent:
                 found.append(str(_json(raft)))
         return sorted(found)
 
-    async def _peer_raft_addresses(self) -> list[str]:
-        """Raft addresses other agents publish in gossip (waits for the first)."""
+    async def _peer_raft_addresses(self, password: str) -> list[str]:
+        """Raft addresses other agents publish in gossip, once one of them answers with
+        the voter set. Only voters listen: the first keys to arrive may all be replicas'
+        (the chaos soak saw a fifth agent give up on three replicas while the voter's
+        key was one gossip round away), so ask again as more keys arrive."""
+        last_error: ConsensusError | None = None
         with trio.move_on_after(JOIN_TIMEOUT):
             while True:
                 found = self._known_peer_raft_addresses()
                 if found:
-                    return found
-                await trio.sleep(0.1)
+                    try:
+                        await trio.to_thread.run_sync(
+                            discover_voters, found, password.encode(), 2.0
+                        )
+                        return found
+                    except ConsensusError as exc:
+                        last_error = exc
+                await trio.sleep(0.5 if found else 0.1)
+        if last_error is not None:
+            raise last_error
         raise GossipUnavailableError(
             "join: reached the cluster but no agent published its Raft address within "
             f"{JOIN_TIMEOUT:.0f}s"
@@ -387,7 +399,7 @@ class Agent:
             if known:
                 kwargs["join_via"] = known
         elif self.config.join:
-            kwargs["join_via"] = await self._peer_raft_addresses()
+            kwargs["join_via"] = await self._peer_raft_addresses(password)
         else:
             kwargs["bootstrap"] = True
         self.raft = RaftNode(
@@ -480,6 +492,17 @@ class Agent:
                 raise ConfigError(message)
             raise ConsensusError(message)
         return result
+
+    def applied_index(self) -> int:
+        """The Raft index this agent has applied (the leader's, in a forwarded answer)."""
+        return int(self.raft.last_applied)
+
+    async def wait_applied(self, index: int, timeout: float) -> None:
+        """Wait (at most ``timeout``) until this agent has applied ``index``: a write
+        forwarded to the leader is then visible in reads from this agent."""
+        with trio.move_on_after(timeout):
+            while self.raft.last_applied < index:
+                await trio.sleep(0.02)
 
     async def _require_leader(self) -> None:
         """Return once this agent leads and has applied everything committed before its

@@ -266,3 +266,30 @@ async def test_a_client_may_name_its_write_and_a_bad_name_is_refused(
     bad = await trio.to_thread.run_sync(post, "no spaces allowed")
     assert b" 400 " in bad.split(b"\r\n")[0] and b"x-hypha-request-id" in bad
     assert (await call(client.get, "/v1/workloads"))["workloads"][0]["name"] == "web"
+
+
+async def test_a_follower_answers_a_forwarded_write_once_it_has_applied_it(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Read your writes: the leader says how far it had applied; the follower waits to
+    apply as far before answering, so a read through it right after sees the write."""
+
+    class Leader(FakeBackend):
+        def applied_index(self) -> int:
+            return 42
+
+    class Follower(FakeBackend):
+        waited: list[tuple[int, float]] = []
+
+        async def wait_applied(self, index: int, timeout: float) -> None:
+            self.waited.append((index, timeout))
+
+    leader_sock = tcp_listener("127.0.0.1", 0)
+    leader_api = f"http://127.0.0.1:{leader_sock.getsockname()[1]}"
+    await nursery.start(serve_api, ApiApp(Leader(), tokens=["t" * 32]), leader_sock)
+    follower = Follower(leader=leader_api)
+    path = tmp_path / "follower.sock"
+    await nursery.start(serve_api, ApiApp(follower, peer=PeerClient("t" * 32)), unix_listener(path))
+    created = await call(ApiClient(f"unix:{path}").post, "/v1/workloads", {"spec": SPEC})
+    assert created == {"name": "web", "version": 1}  # the index is not shown to clients
+    assert [index for index, _ in follower.waited] == [42]
