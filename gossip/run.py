@@ -104,7 +104,8 @@ async def main(args: argparse.Namespace) -> None:
         # and every second anyway for the counters.
         nonlocal changed
         while True:
-            write_json(args.status, status())
+            # Off the event loop: a slow disk must not delay the protocol's timers.
+            await trio.to_thread.run_sync(write_json, args.status, status())
             with trio.move_on_after(1.0):
                 await changed.wait()
             changed = trio.Event()
