@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,8 +19,8 @@ from agent import logs as log_setup
 from agent.cli import CliState, cli
 from agent.config import load_config, parse_size
 from agent.errors import ConfigError, HyphaError
-from agent.localcluster import free_port
-from agent.secrets import check_private, generate_secret, write_secret
+from agent.localcluster import LocalCluster
+from agent.secrets import check_private
 
 log = logging.getLogger("hypha.agent")
 
@@ -159,58 +156,6 @@ def agent_command(state: CliState, /, config_path: Path | None, **flags: Any) ->
 
 
 # -- hypha up ------------------------------------------------------------------------
-def agent_argv(
-    name: str,
-    host: str,
-    port: int,
-    data_dir: Path,
-    secret: Path,
-    join: str | None,
-    driver: str,
-    preset: str,
-    extra: tuple[str, ...] = (),
-) -> list[str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "agent",
-        "agent",
-        "--name",
-        name,
-        "--bind",
-        f"{host}:{port}",
-        "--data-dir",
-        str(data_dir),
-        "--secret-file",
-        str(secret),
-        "--driver",
-        driver,
-        "--gossip-preset",
-        preset,
-        "--stop-on-exit",
-        *extra,
-    ]
-    if join:
-        argv += ["--join", join]
-    return argv
-
-
-def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        if path.exists():
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                try:
-                    s.connect(str(path))
-                    return True
-                except OSError:
-                    pass
-        time.sleep(0.1)
-    return False
-
-
 @cli.command()
 @click.option(
     "--nodes",
@@ -258,50 +203,40 @@ def up(
     """
     temporary = base_dir is None
     base = Path(tempfile.mkdtemp(prefix="hypha-up-")) if base_dir is None else base_dir.resolve()
-    base.mkdir(parents=True, exist_ok=True)
     prefix, _, last = first_address.rpartition(".")
     if not last.isdigit() or int(last) + nodes > 255:
         raise ConfigError(f"--first-address: {first_address} leaves no room for {nodes} agents")
-    hosts = [f"{prefix}.{int(last) + i}" for i in range(nodes)]
-    secret = base / "secret"
-    if not secret.exists():
-        write_secret(secret, generate_secret())
-    port = free_port(hosts)
-    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    cluster = LocalCluster(
+        base,
+        nodes,
+        driver=driver,
+        preset=gossip_preset,
+        hosts=[f"{prefix}.{int(last) + i}" for i in range(nodes)],
+        name_prefix="",
+        verbose=False,
+    )
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        for i, host in enumerate(hosts):
-            name = f"n{i + 1}"
-            data_dir = base / name
-            data_dir.mkdir(parents=True, exist_ok=True)
-            join = None if i == 0 else f"{hosts[0]}:{port}"
-            argv = agent_argv(name, host, port, data_dir, secret, join, driver, gossip_preset)
-            log_file = open(data_dir / "agent.log", "ab")  # noqa: SIM115
-            proc = subprocess.Popen(
-                argv,
-                stdout=log_file,
-                stderr=log_file,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            log_file.close()
-            procs.append((name, proc))
-            if not _wait_for_socket(data_dir / "api.sock", proc, 60.0):
-                tail = (data_dir / "agent.log").read_text(errors="replace").strip().splitlines()
-                reason = tail[-1] if tail else "no output"
+        for agent in cluster.agents:
+            try:
+                agent.start(stop_on_exit=True)
+            except HyphaError:
+                reason = agent.log_tail(1).strip() or "no output"
+                log_path = agent.data_dir / "agent.log"
                 raise HyphaError(
-                    f"agent {name} did not start: {reason} (log: {data_dir / 'agent.log'})"
-                )
-            click.echo(f"{name}  {host}:{port}  api unix:{data_dir / 'api.sock'}", err=True)
-        env_file = base / "env"
-        env_file.write_text(f"export HYPHA_API=unix:{base / 'n1' / 'api.sock'}\n")
+                    f"agent {agent.name} did not start: {reason} (log: {log_path})"
+                ) from None
+            click.echo(f"{agent.name}  {agent.seed_address}  api {agent.api}", err=True)
+        cluster.started = True
+        api = cluster.agents[0].api
+        (base / "env").write_text(f"export HYPHA_API={api}\n")
         click.echo(
             f"cluster of {nodes} running; in another shell:\n"
-            f"  export HYPHA_API=unix:{base / 'n1' / 'api.sock'}\n"
+            f"  export HYPHA_API={api}\n"
             f"  hypha members; hypha run ...\n"
             f"logs: {base}/nI/agent.log. Ctrl-C stops everything.",
             err=True,
@@ -315,47 +250,7 @@ def up(
     finally:
         signal.signal(signal.SIGTERM, previous)
         click.echo("stopping the cluster...", err=True)
-        _stop_all([p for _, p in procs], base)
+        cluster.shutdown(timeout=30)
         if temporary:
             shutil.rmtree(base, ignore_errors=True)
         click.echo("stopped", err=True)
-
-
-def _strays(base: Path) -> list[int]:
-    """Agents on our data dirs that we did not start (a chaos tool restarted them)."""
-    found = []
-    needle = f"{base}/".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"agent" in argv and b"--data-dir" in argv and any(a.startswith(needle) for a in argv):
-            found.append(int(entry.name))
-    return found
-
-
-def _stop_all(procs: list[subprocess.Popen[bytes]], base: Path) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-    ours = {proc.pid for proc in procs}
-    strays = [pid for pid in _strays(base) if pid not in ours]
-    for pid in strays:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    deadline = time.monotonic() + 30
-    while strays and time.monotonic() < deadline:
-        strays = [pid for pid in strays if Path(f"/proc/{pid}").exists()]
-        time.sleep(0.2)

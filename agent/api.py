@@ -31,7 +31,9 @@ import json
 import logging
 import math
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote
 
@@ -47,7 +49,18 @@ from agent.errors import (
     NotLeaderError,
     RuntimeUnavailableError,
 )
-from agent.peer import FORWARDED_HEADER, PeerClient, PeerConnectError
+from agent.peer import FORWARDED_HEADER, REQUEST_ID_HEADER, PeerClient
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_write_request_id: ContextVar[str | None] = ContextVar("hypha_write_request_id", default=None)
+
+
+def current_request_id() -> str | None:
+    """The id of the API write being served (``None`` outside one). The backend gives it
+    to the Raft command it proposes, so the same write forwarded or retried twice is
+    applied once."""
+    return _write_request_id.get()
+
 
 log = logging.getLogger("hypha.api")
 
@@ -288,9 +301,21 @@ class ApiApp:
             scope["hypha.route"] = self._templates[regex]
             params = {k: unquote(v) for k, v in match.groupdict().items()}
             request = Request(scope, body, params)
-            if not write or FORWARDED_HEADER in request.headers:
+            if not write:
                 return await handler(request)
-            return await self._write(handler, request)
+            request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+            if not _REQUEST_ID_RE.match(request_id):
+                raise ConfigError(
+                    f"{REQUEST_ID_HEADER}: expected 1-64 characters [A-Za-z0-9._:-], "
+                    f"got {request_id!r}"
+                )
+            token = _write_request_id.set(request_id)
+            try:
+                if FORWARDED_HEADER in request.headers:
+                    return await handler(request)
+                return await self._write(handler, request, request_id)
+            finally:
+                _write_request_id.reset(token)
         if allowed:
             return JsonResponse(
                 {
@@ -301,30 +326,46 @@ class ApiApp:
             )
         return JsonResponse({"error": f"no such API route: {method} {path}", "status": 404}, 404)
 
-    async def _write(self, handler: Handler, request: Request) -> JsonResponse | StreamResponse:
-        """Run a write here if this agent leads, else forward it to the leader. A leader
-        that cannot be connected to (it just died) is looked up again for a while:
-        nothing was sent to it, so trying the next leader is safe."""
+    async def _write(
+        self, handler: Handler, request: Request, request_id: str
+    ) -> JsonResponse | StreamResponse:
+        """Run a write here if this agent leads, else forward it to the leader.
+
+        The write keeps its request id wherever it goes, so trying again is always safe:
+        a leader that cannot be reached (it just died), an answer cut short, or a leader
+        that lost its office before committing (503) are retried against whoever leads
+        next, for up to ``FORWARD_RETRY_SECONDS``; one that did commit is answered from
+        the state's memory of that request id, not applied again."""
         deadline = trio.current_time() + FORWARD_RETRY_SECONDS
         while True:
             try:
                 return await handler(request)
             except NotLeaderError as exc:
                 try:
-                    return await self._forward(request, exc)
-                except PeerConnectError:
+                    response = await self._forward(request, exc, request_id)
+                except AgentUnreachableError:
                     if trio.current_time() >= deadline:
                         raise
                     await trio.sleep(0.5)
+                    continue
+                if response.status != 503 or trio.current_time() >= deadline:
+                    return response
+                await trio.sleep(0.5)
 
-    async def _forward(self, request: Request, exc: NotLeaderError) -> JsonResponse:
+    async def _forward(
+        self, request: Request, exc: NotLeaderError, request_id: str
+    ) -> JsonResponse:
         if exc.leader_api is None:
             raise ConsensusError(f"no leader to take this write yet ({exc}); try again shortly")
         query = request.scope.get("query_string", b"").decode()
         target = request.path + (f"?{query}" if query else "")
         log.debug("forwarding write", extra={"path": target, "leader": exc.leader_api})
         status, decoded = await self.peer.call(
-            exc.leader_api, request.method, target, raw_body=request.body or None
+            exc.leader_api,
+            request.method,
+            target,
+            raw_body=request.body or None,
+            headers={REQUEST_ID_HEADER: request_id},
         )
         return JsonResponse(decoded, status)
 

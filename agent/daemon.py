@@ -23,6 +23,7 @@ import os
 import re
 import signal
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ import gossip
 import runtime
 import scheduler
 from agent import __version__
-from agent.api import ApiApp
+from agent.api import ApiApp, current_request_id
 from agent.config import AgentConfig, parse_host_port
 from agent.consensus import state as cstate
 from agent.consensus.raft import RaftNode
@@ -349,19 +350,22 @@ class Agent:
             return f"{host}:{port}"
         return f"{self.advertise_host}:{self.gossip_port + 1}"
 
+    def _known_peer_raft_addresses(self) -> list[str]:
+        """Raft addresses other agents publish in gossip, as far as we know them now."""
+        found = []
+        for name, state in self.gossip.states().items():
+            raft = state.get("raft")
+            if name != self.name and raft:
+                found.append(str(_json(raft)))
+        return sorted(found)
+
     async def _peer_raft_addresses(self) -> list[str]:
         """Raft addresses other agents publish in gossip (waits for the first)."""
         with trio.move_on_after(JOIN_TIMEOUT):
             while True:
-                found = []
-                for name, state in self.gossip.states().items():
-                    if name == self.name:
-                        continue
-                    raft = state.get("raft")
-                    if raft:
-                        found.append(str(_json(raft)))
+                found = self._known_peer_raft_addresses()
                 if found:
-                    return sorted(found)
+                    return found
                 await trio.sleep(0.1)
         raise GossipUnavailableError(
             "join: reached the cluster but no agent published its Raft address within "
@@ -374,7 +378,15 @@ class Agent:
         data_dir = self.config.data_dir / "raft"
         data_dir.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {}
-        if self.config.join:
+        if RaftNode.has_local_state(data_dir):
+            # A restart comes back in its old role from its own files (a replica asks
+            # the peers gossip already knows for the voters). Waiting for peers' `raft`
+            # keys here hung a whole-cluster restart: each agent publishes its key only
+            # once its Raft has started.
+            known = self._known_peer_raft_addresses()
+            if known:
+                kwargs["join_via"] = known
+        elif self.config.join:
             kwargs["join_via"] = await self._peer_raft_addresses()
         else:
             kwargs["bootstrap"] = True
@@ -383,6 +395,7 @@ class Agent:
             data_dir,
             password,
             membership=self._raft_membership,
+            present=self._raft_present,
             target_voters=self.config.voters,
             **kwargs,
         )
@@ -405,11 +418,19 @@ class Agent:
             )
 
     def _raft_membership(self) -> list[str]:
-        """Raft addresses of the members gossip sees alive, for the autopilot."""
+        """Raft addresses of the members gossip sees alive: the autopilot's candidates."""
+        return self._raft_addresses(("alive",))
+
+    def _raft_present(self) -> list[str]:
+        """Raft addresses of the members not known dead (alive or only suspect): the
+        autopilot replaces a voter only when it is missing from these."""
+        return self._raft_addresses(("alive", "suspect"))
+
+    def _raft_addresses(self, states_wanted: tuple[str, ...]) -> list[str]:
         result = []
         states = self.gossip.states()
         for member in self.gossip.members():
-            if member.state != "alive":
+            if member.state not in states_wanted:
                 continue
             raft = _json(states.get(member.name, {}).get("raft"))
             if raft:
@@ -461,17 +482,27 @@ class Agent:
         return result
 
     async def _require_leader(self) -> None:
-        """Return if this agent leads; raise ``NotLeaderError`` with the leader's API (the
-        API forwards the write there), waiting a few seconds for an election first."""
+        """Return once this agent leads and has applied everything committed before its
+        term (``is_leader_ready``: the state it checks a write against is current).
+        Raise ``NotLeaderError`` with the leader's API (the API forwards the write there),
+        waiting a few seconds for an election first."""
         with trio.move_on_after(LEADER_WAIT):
             while True:
-                if self.raft.is_leader:
+                if self.raft.is_leader_ready:
                     return
-                leader_api = self._leader_api()
-                if leader_api is not None:
-                    raise NotLeaderError("this agent is not the leader", leader_api)
-                await trio.sleep(0.1)
+                if not self.raft.is_leader:
+                    leader_api = self._leader_api()
+                    if leader_api is not None and leader_api != self.api_address:
+                        raise NotLeaderError("this agent is not the leader", leader_api)
+                await trio.sleep(0.05)
         raise NotLeaderError("this agent is not the leader and no leader is known", None)
+
+    def _write_id(self) -> tuple[str, bool]:
+        """The request id for the command of the API write being served, and whether the
+        state already holds its result (a retry of a write that committed: the checks
+        made before proposing are skipped, and the proposal answers the first result)."""
+        request_id = current_request_id() or uuid.uuid4().hex
+        return request_id, self.state.result_of(request_id) is not None
 
     # -- events ------------------------------------------------------------------------
     async def _pump_raft_events(self) -> None:
@@ -689,7 +720,7 @@ class Agent:
                 await self._propose_quietly(cstate.PutWorkload(spec=spec, expected_version=version))
 
         return LeaderLoop(
-            is_leader=lambda: bool(self.raft.is_leader),
+            is_leader=lambda: bool(self.raft.is_leader_ready),
             term=lambda: int(self.raft.term),
             read=self._read_desired,
             nodes=self.node_views,
@@ -945,6 +976,7 @@ class Agent:
     ) -> dict[str, Any]:
         parsed = WorkloadSpec.from_dict(spec)
         await self._require_leader()
+        request_id, replay = self._write_id()
         existing_record = self.state.workload(parsed.name)
         if parsed.type == "system":
             # One replica per eligible node: the leader sets the count.
@@ -952,14 +984,14 @@ class Agent:
             parsed = parsed.with_replicas(count)
         if create:
             existing = self.state.workload(parsed.name)
-            if existing is not None:
+            if existing is not None and not replay:
                 raise ConflictError(
                     f"workload {parsed.name!r} already exists (version {existing.version}); "
                     f"change it with `hypha scale` or remove it with `hypha rm {parsed.name}`"
                 )
             expected: int | None = 0
         else:
-            if self.state.workload(parsed.name) is None:
+            if self.state.workload(parsed.name) is None and not replay:
                 raise NotFoundError(f"no workload named {parsed.name!r} to update")
             expected = expected_version
         spec_dict = parsed.to_dict()
@@ -968,7 +1000,9 @@ class Agent:
             spec_dict = join_spec(spec_dict, meta)
             if expected is None:
                 expected = existing_record.version  # the history is made from this version
-        result = await self.propose(cstate.PutWorkload(spec=spec_dict, expected_version=expected))
+        result = await self.propose(
+            cstate.PutWorkload(spec=spec_dict, expected_version=expected, request_id=request_id)
+        )
         assert self.leader_loop is not None
         self.leader_loop.poke()
         return {
@@ -979,18 +1013,22 @@ class Agent:
 
     async def scale_workload(self, name: str, replicas: int) -> dict[str, Any]:
         await self._require_leader()
-        if self.state.workload(name) is None:
+        request_id, replay = self._write_id()
+        if self.state.workload(name) is None and not replay:
             raise NotFoundError(f"no workload named {name!r} (see `hypha ps`)")
-        result = await self.propose(cstate.ScaleWorkload(name=name, replicas=replicas))
+        result = await self.propose(
+            cstate.ScaleWorkload(name=name, replicas=replicas, request_id=request_id)
+        )
         assert self.leader_loop is not None
         self.leader_loop.poke()
         return {"name": name, "replicas": replicas, "version": result.get("version")}
 
     async def delete_workload(self, name: str) -> dict[str, Any]:
         await self._require_leader()
-        if self.state.workload(name) is None:
+        request_id, replay = self._write_id()
+        if self.state.workload(name) is None and not replay:
             raise NotFoundError(f"no workload named {name!r} (see `hypha ps`)")
-        result = await self.propose(cstate.DeleteWorkload(name=name))
+        result = await self.propose(cstate.DeleteWorkload(name=name, request_id=request_id))
         return {
             "name": name,
             "deleted": True,
@@ -1003,7 +1041,12 @@ class Agent:
         if name not in self.node_views():
             raise NotFoundError(f"no node named {name!r} (see `hypha members`)")
         await self._require_leader()
-        await self.propose(cstate.SetNodeAdmin(node=name, eligible=eligible, draining=draining))
+        request_id, _replay = self._write_id()
+        await self.propose(
+            cstate.SetNodeAdmin(
+                node=name, eligible=eligible, draining=draining, request_id=request_id
+            )
+        )
         assert self.leader_loop is not None
         self.leader_loop.poke()
         admin = self.state.node_admin(name)

@@ -1,11 +1,12 @@
 """A cluster of real ``hypha agent`` processes on this machine's loopback aliases.
 
-Used by the chaos soak (and meant for ``hypha up`` and the integration tests):
-every agent runs ``python -m agent agent`` on its own address (127.0.X.Y), with
-its own data dir under ``base`` and a shared generated secret. Each process runs
-in its own session, so a fault (SIGKILL, SIGSTOP) hits exactly one agent, and
-``stop()`` cleans up even after agents were killed: a dead agent is started once
-more alone with ``--stop-on-exit`` so it adopts and stops its containers.
+Used by the chaos soak and the integration tests (``tests/integration/agents.py``
+adds only test conveniences): every agent runs ``python -m agent agent`` on its own
+address (127.0.X.Y), with its own data dir under ``base`` and a shared generated
+secret. Each process runs in its own session, so a fault (SIGKILL, SIGSTOP) hits
+exactly one agent, and ``stop()`` cleans up even after agents were killed: a dead
+agent is started once more alone with ``--stop-on-exit`` so it adopts and stops its
+containers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,8 +100,12 @@ class AgentProcess:
         self.paused = False
 
     @property
+    def socket_path(self) -> Path:
+        return self.data_dir / "api.sock"
+
+    @property
     def api(self) -> str:
-        return f"unix:{self.data_dir / 'api.sock'}"
+        return f"unix:{self.socket_path}"
 
     @property
     def seed_address(self) -> str:
@@ -115,10 +120,14 @@ class AgentProcess:
 
     def argv(self, join: list[str], stop_on_exit: bool) -> list[str]:
         c = self.cluster
-        argv = [sys.executable, "-m", "agent", "-v", "agent", "--name", self.name]
+        argv = [sys.executable, "-m", "agent", *(["-v"] if c.verbose else []), "agent"]
+        argv += ["--name", self.name]
         argv += ["--bind", self.seed_address, "--data-dir", str(self.data_dir)]
         argv += ["--secret-file", str(c.secret), "--driver", c.driver]
         argv += ["--gossip-preset", c.preset]
+        if c.runtime_path:
+            argv += ["--runtime-path", c.runtime_path]
+        argv += c.per_agent_args.get(self.index, [])
         argv.append("--stop-on-exit" if stop_on_exit else "--no-stop-on-exit")
         for seed in join:
             argv += ["--join", seed]
@@ -149,7 +158,7 @@ class AgentProcess:
         def ready() -> bool:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
-                raise HyphaError(f"agent {self.name} exited ({code}): {self.log_tail(3)}")
+                raise HyphaError(f"agent {self.name} exited ({code}):\n{self.log_tail(20)}")
             self.client(timeout=5).get("/v1/status")
             return True
 
@@ -196,7 +205,12 @@ class AgentProcess:
 
 
 class LocalCluster:
-    """``size`` agents on ``first_host`` and the addresses after it, all on one port pair."""
+    """``size`` agents on ``first_host`` and the addresses after it (or on ``hosts``),
+    all on one port pair.
+
+    ``extra_args`` go to every ``hypha agent``, ``per_agent_args`` to one (by index);
+    ``runtime_path`` is the OCI runtime for ``driver="oci"``; ``verbose`` gives the
+    agents ``-v`` (debug logs)."""
 
     def __init__(
         self,
@@ -206,19 +220,28 @@ class LocalCluster:
         driver: str = "process",
         preset: str = "local",
         first_host: str = "127.0.3.2",
+        hosts: Sequence[str] | None = None,
         name_prefix: str | None = None,
-        extra_args: tuple[str, ...] = (),
+        extra_args: Sequence[str] = (),
+        per_agent_args: Mapping[int, list[str]] | None = None,
+        runtime_path: str | None = None,
+        verbose: bool = True,
     ) -> None:
         self.base = base
+        self.verbose = verbose
         self.base.mkdir(parents=True, exist_ok=True)
         self.driver = driver
         self.preset = preset
-        self.extra_args = extra_args
+        self.extra_args = tuple(extra_args)
+        self.per_agent_args = dict(per_agent_args or {})
+        self.runtime_path = runtime_path
         self.name_prefix = name_prefix if name_prefix is not None else secrets.token_hex(2) + "-"
         self.secret = base / "secret"
         if not self.secret.exists():
             write_secret(self.secret, generate_secret())
-        hosts = hosts_from(first_host, size)
+        hosts = list(hosts) if hosts is not None else hosts_from(first_host, size)
+        if len(hosts) != size:
+            raise HyphaError(f"{size} agents need {size} addresses, got {len(hosts)}")
         self.port = free_port(hosts)
         self.agents = [AgentProcess(self, i, host) for i, host in enumerate(hosts)]
         self.started = False
@@ -230,6 +253,9 @@ class LocalCluster:
         raise HyphaError(f"no agent named {name!r} in this cluster")
 
     def start(self, timeout: float = 90.0) -> None:
+        """Start every agent; return once each sees all alive and every node's capacity
+        (alive in gossip is not yet schedulable: an agent publishes its capacity only
+        once its Raft runs, and that takes a gossip round to reach the leader)."""
         for agent in self.agents:
             agent.start()
         self.started = True
@@ -238,6 +264,15 @@ class LocalCluster:
             timeout,
             "every agent to see the others alive",
         )
+        wait_until(self.schedulable, timeout, "every agent to see every node's capacity")
+
+    def schedulable(self) -> bool:
+        for agent in self.agents:
+            nodes = agent.client().get("/v1/nodes")["nodes"]
+            ready = [n for n in nodes if n["state"] == "alive" and n.get("capacity")]
+            if len(ready) != len(self.agents):
+                return False
+        return True
 
     def alive_members(self, agent: AgentProcess) -> int:
         members = agent.client().get("/v1/members")["members"]
@@ -249,6 +284,20 @@ class LocalCluster:
             if agent.running and not agent.paused:
                 return agent.client(timeout)
         raise HyphaError("no agent of the cluster is running")
+
+    def replicas(self, workload: str | None = None) -> list[dict[str, Any]]:
+        """The cluster's replica rows (``/v1/replicas``), of one workload or all."""
+        query = {"workload": workload} if workload else {}
+        rows: list[dict[str, Any]] = self.client().get("/v1/replicas", **query)["replicas"]
+        return rows
+
+    def running_by_node(self, workload: str) -> dict[str, int]:
+        """How many of ``workload``'s replicas the cluster reports running, by node."""
+        counts: dict[str, int] = {}
+        for row in self.replicas(workload):
+            if row["state"] == "running":
+                counts[row["node"]] = counts.get(row["node"], 0) + 1
+        return counts
 
     def replica_processes(self) -> dict[str, set[str]]:
         """Replica ids really running on this host, by node, from the processes' environment."""
@@ -289,7 +338,9 @@ class LocalCluster:
         return pids
 
     def stop(self) -> None:
-        """Stop every agent and every replica, even after SIGKILLs and failures."""
+        """Stop every agent and every replica, even after SIGKILLs and failures: delete
+        the workloads, stop the agents, and have any SIGKILLed one adopt and stop what
+        it left."""
         for agent in self.agents:
             if agent.paused:
                 agent.resume()
@@ -298,8 +349,7 @@ class LocalCluster:
             for workload in client.get("/v1/workloads")["workloads"]:
                 client.delete(f"/v1/workloads/{workload['name']}")
             wait_until(lambda: not self.replica_processes(), 30, "replicas to stop")
-        for agent in self.agents:
-            agent.terminate()
+        self.shutdown()
         leftovers = self.replica_processes()
         for agent in self.agents:
             if agent.name in leftovers or self.driver == "oci":
@@ -311,6 +361,50 @@ class LocalCluster:
         for pid in self._host_pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+
+    def shutdown(self, timeout: float = 40.0) -> None:
+        """SIGTERM every agent on our data dirs, ours and strays (an agent a chaos tool
+        restarted is not our child), and wait for them; the desired state stays."""
+        for agent in self.agents:
+            if agent.paused:
+                agent.resume()
+            if agent.running:
+                assert agent.proc is not None
+                with contextlib.suppress(ProcessLookupError):
+                    agent.proc.send_signal(signal.SIGTERM)
+        ours = {a.proc.pid for a in self.agents if a.proc is not None}
+        strays = [pid for pid in self._stray_agents() if pid not in ours]
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for agent in self.agents:
+            if agent.proc is None:
+                continue
+            try:
+                agent.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(agent.proc.pid, signal.SIGKILL)
+                agent.proc.wait(timeout=10)
+        while strays and time.monotonic() < deadline:
+            strays = [pid for pid in strays if Path(f"/proc/{pid}").exists()]
+            time.sleep(0.2)
+
+    def _stray_agents(self) -> list[int]:
+        """Agents running on our data dirs that we did not start."""
+        found = []
+        dirs = {str(a.data_dir).encode() for a in self.agents}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"agent" in argv and b"--data-dir" in argv and any(a in dirs for a in argv):
+                found.append(int(entry.name))
+        return found
 
     def dump(self) -> str:
         return "\n".join(

@@ -20,6 +20,10 @@ from agent.errors import AgentUnreachableError, ApiError, ConflictError, NotFoun
 
 MAX_BODY = 16 * 1024 * 1024
 FORWARDED_HEADER = "x-hypha-forwarded"
+# The id of one API write, carried when a follower forwards it to the leader (and
+# accepted from clients): the Raft command keeps it, so a write retried after an
+# unknown outcome is applied once and answered with its first result.
+REQUEST_ID_HEADER = "x-hypha-request-id"
 
 
 class PeerConnectError(AgentUnreachableError):
@@ -153,13 +157,14 @@ class PeerClient:
         *,
         query: dict[str, Any] | None = None,
         raw_body: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """One JSON request; returns ``(status, decoded)``, raising only for transport errors."""
         target = path
         if query:
             target += "?" + urlencode({k: v for k, v in query.items() if v is not None})
         payload = raw_body
-        extra: list[tuple[str, str]] = []
+        extra: list[tuple[str, str]] = list((headers or {}).items())
         if payload is None and body is not None:
             payload = json.dumps(body).encode()
         if payload is not None:

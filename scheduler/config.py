@@ -18,23 +18,30 @@ class SchedulerConfig:
 
     #: Weight of the node's credit balance (divided by its steady full-spare balance,
     #: cap_cpu * 2**decay_shift, and clamped to +-1000).
-    #: 0 gives the credit-free scorer ("mycelial-nocredit").
-    credit_weight: int = 2
+    #: 0 gives the credit-free scorer ("mycelial-nocredit"). Half the fit weight:
+    #: credit is lagged, smoothed headroom and partly repeats what fit already
+    #: sees, so at equal weight it mostly added noise (docs/decisions/034).
+    credit_weight: int = 1
     #: Weight of resource balance: 1000 minus the spread between cpu and memory
     #: utilisation after placing (Kubernetes' BalancedAllocation).
     balance_weight: int = 1
-    #: Weight of the fit term: with ``pack=False`` 1000 minus the dominant
-    #: utilisation after placing (spread, LeastAllocated); with ``pack=True`` the
-    #: dominant utilisation itself (bin-pack, MostAllocated).
+    #: Weight of the fit term: with ``pack=False`` 1000 minus the node's dominant
+    #: utilisation at the midpoint of the placement, (now + after placing) / 2
+    #: (spread, LeastAllocated); with ``pack=True`` that utilisation itself
+    #: (bin-pack, MostAllocated). "After" alone keeps small nodes systematically
+    #: emptier (a replica is a bigger step there); "now" alone ignores the
+    #: replica's size and strands more at high utilisation (docs/decisions/034).
     fit_weight: int = 2
     pack: bool = False
     #: Soft anti-affinity: penalty per replica of the same workload already on the
     #: node, and per replica in the node's zone. The node penalty is larger than the
     #: widest swing of all other terms together with the default weights (credit
-    #: 4000 + fit 2000 + balance 1000), so a replica only joins a sibling when no
-    #: sampled node without one has room; the zone penalty is a strong preference.
+    #: 2000 + fit 2000 + balance 1000), so a replica only joins a sibling when no
+    #: sampled node without one has room; the zone penalty is a mild preference (an
+    #: eighth of the fit term's swing: stronger, it narrows the effective sample to
+    #: the emptiest zone and costs balance).
     node_anti_affinity: int = 8000
-    zone_anti_affinity: int = 1000
+    zone_anti_affinity: int = 250
 
     #: At most this many nodes, every feasible node is scored; above it, ``sample``
     #: candidates are drawn (power of d choices) and a full scan only runs when the

@@ -47,6 +47,7 @@ batch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 
 from ._hash import stable_hash
 from .config import DEFAULT_CONFIG, SchedulerConfig
@@ -106,12 +107,16 @@ def overlay(
     their zones), never on the order they are listed in.
     """
     live = sorted((n for n in nodes if n.state != "dead"), key=lambda n: n.id)
+    key = (config.ring_neighbours, config.zone_neighbours, tuple((n.id, n.zone) for n in live))
+    cached = _last_overlay.get(key)
+    if cached is not None:
+        return list(cached)
     edges: set[tuple[str, str]] = set()
 
     def ring(members: Sequence[NodeInfo], links: int) -> None:
         if len(members) < 2 or links == 0:
             return
-        order = sorted(members, key=lambda n: (stable_hash("ring", n.id), n.id))
+        order = sorted(members, key=lambda n: (_ring_hash(n.id), n.id))
         count = len(order)
         for pos, node in enumerate(order):
             for step in range(1, min(links, count - 1) + 1):
@@ -126,7 +131,20 @@ def overlay(
             zones.setdefault(node.zone, []).append(node)
     for zone in sorted(zones):
         ring(zones[zone], config.zone_neighbours)
-    return sorted(edges)
+    result = tuple(sorted(edges))
+    _last_overlay.clear()  # one entry: consecutive epochs of one cluster share it
+    _last_overlay[key] = result
+    return list(result)
+
+
+# The overlay is a pure function of (links, live node ids and zones), and a
+# cluster's membership rarely changes between epochs, so the last one is kept.
+_last_overlay: dict[tuple[object, ...], tuple[tuple[str, str], ...]] = {}
+
+
+@lru_cache(maxsize=1 << 16)
+def _ring_hash(node_id: str) -> int:
+    return stable_hash("ring", node_id)
 
 
 def exchange(

@@ -18,8 +18,9 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, insort
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from hashlib import blake2b
 
 from ._hash import GOLDEN, MASK64, mix64, stable_hash
 from .config import DEFAULT_CONFIG, SchedulerConfig
@@ -164,9 +165,11 @@ class Planner:
         self.zones = zones
         self.zone_of = [zone_index[node.zone] if node.zone else -1 for node in nodes]
         self.credit = [node.credit for node in nodes]
+        self.credit_term: list[int] = [0] * n
         self._credit_divisors()
         self.spend_shift = config.decay_shift
         self.node_hash = [stable_hash(seed, "node", node.id) for node in nodes]
+        self._request_prefix = f"{seed}\x1frequest\x1f".encode()
 
         # Placements: workload counts per node and per zone, tenant usage, and
         # the freed resources of excluded replicas.
@@ -187,6 +190,9 @@ class Planner:
             if i is not None:
                 self._count_workload(placement.workload, i)
 
+        # Dominant utilisation of each node's allocations now (per mille), kept up
+        # to date by ``commit``: the "before" half of the fit term.
+        self.dom = [self._dominant_after(i, 0, 0, 0) for i in range(n)]
         usable_idx = [i for i in range(n) if self.usable[i]]
         self.total = (
             sum(self.cap_c[i] for i in usable_idx),
@@ -214,6 +220,14 @@ class Planner:
                 self.tc[size + i] = self.free_c[i]
                 self.tm[size + i] = self.free_m[i]
                 self.tp[size + i] = self.free_p[i]
+        # The leaf range [span_lo, span_hi) under each tree node.
+        self.span_lo = [0] * (2 * size)
+        self.span_hi = [0] * (2 * size)
+        for j in range(1, 2 * size):
+            level = j.bit_length() - 1
+            width = size >> level
+            self.span_lo[j] = (j - (1 << level)) * width
+            self.span_hi[j] = self.span_lo[j] + width
         for j in range(size - 1, 0, -1):
             self.tc[j] = max(self.tc[2 * j], self.tc[2 * j + 1])
             self.tm[j] = max(self.tm[2 * j], self.tm[2 * j + 1])
@@ -260,6 +274,12 @@ class Planner:
         its steady balance under full spare, ``cap_cpu * 2**decay_shift``."""
         shift = self.config.decay_shift
         self.credit_div = [max(1, c << shift) for c in self.cap_c]
+        for i in range(self.n):
+            self._update_credit_term(i)
+
+    def _update_credit_term(self, i: int) -> None:
+        term = self.credit[i] * 1000 // self.credit_div[i]
+        self.credit_term[i] = -1000 if term < -1000 else 1000 if term > 1000 else term
 
     # ----------------------------------------------------------------- indexes
 
@@ -296,27 +316,57 @@ class Planner:
             tc[j], tm[j], tp[j] = c, m, p
             j >>= 1
 
-    def _fits_range(self, lo: int, hi: int, rc: int, rm: int, rp: int) -> Iterator[int]:
-        """Usable nodes in [lo, hi) with room for (rc, rm, rp), in index order."""
+    def _scan_range(
+        self,
+        lo: int,
+        hi: int,
+        want: tuple[int, int, int],
+        limit: int,
+        accept: Callable[[int], bool] | None,
+        out: list[int],
+    ) -> None:
+        """Append to ``out`` the usable nodes in [lo, hi) with room for ``want`` (and
+        ``accept``-ed), in index order, until ``out`` holds ``limit``.
+
+        A depth-first walk of the max-tree that skips every subtree whose largest
+        free cpu, memory or pids is too small, or that lies outside [lo, hi).
+        """
+        rc, rm, rp = want
         tc, tm, tp = self.tc, self.tm, self.tp
+        span_lo, span_hi = self.span_lo, self.span_hi
         size = self.size
-        stack = [(1, 0, size)]
+        stack = [1]
         pop, push = stack.pop, stack.append
         while stack:
-            j, left, right = pop()
-            if right <= lo or left >= hi or tc[j] < rc or tm[j] < rm or tp[j] < rp:
+            j = pop()
+            if tc[j] < rc or tm[j] < rm or tp[j] < rp or span_hi[j] <= lo or span_lo[j] >= hi:
                 continue
             if j >= size:
-                yield left
+                i = j - size
+                if accept is None or accept(i):
+                    out.append(i)
+                    if len(out) >= limit:
+                        return
                 continue
-            mid = (left + right) >> 1
-            push((2 * j + 1, mid, right))
-            push((2 * j, left, mid))
+            push(2 * j + 1)
+            push(2 * j)
 
-    def fits_from(self, start: int, rc: int, rm: int, rp: int) -> Iterator[int]:
-        """Usable nodes with room, in index order from ``start``, wrapping around."""
-        yield from self._fits_range(start, self.n, rc, rm, rp)
-        yield from self._fits_range(0, start, rc, rm, rp)
+    def scan(
+        self,
+        start: int,
+        want: tuple[int, int, int],
+        limit: int,
+        accept: Callable[[int], bool] | None = None,
+    ) -> list[int]:
+        """Up to ``limit`` usable nodes with room for ``want`` (cpu, memory, pids) that
+        ``accept`` allows, in index order from ``start``, wrapping around."""
+        out: list[int] = []
+        if limit <= 0 or not self.n:
+            return out
+        self._scan_range(start, self.n, want, limit, accept, out)
+        if len(out) < limit and start > 0:
+            self._scan_range(0, start, want, limit, accept, out)
+        return out
 
     def _argmax(self, dim: int) -> int:
         """Index of a usable node with the most free of ``dim`` (-1 if none is usable)."""
@@ -329,7 +379,7 @@ class Planner:
         return j - self.size
 
     def _load_key(self, i: int) -> int:
-        return self._dominant_after(i, 0, 0, 0)
+        return self.dom[i]
 
     def _fit_key(self, i: int) -> tuple[int, int, int, int]:
         return (self.free_m[i], self.free_c[i], self.node_hash[i], i)
@@ -393,20 +443,6 @@ class Planner:
 
     # -------------------------------------------------------------- strategies
 
-    def _sample_positions(self, request_hash: int, count: int) -> list[int]:
-        """``count`` seeded positions in [0, n): two 32-bit draws per splitmix64 step,
-        mapped by multiply-shift (no modulo bias worth the name)."""
-        n = self.n
-        x = request_hash
-        out: list[int] = []
-        while len(out) < count:
-            x = (x + GOLDEN) & MASK64
-            z = mix64(x)
-            out.append(((z & 0xFFFFFFFF) * n) >> 32)
-            out.append(((z >> 32) * n) >> 32)
-        del out[count:]
-        return out
-
     def _feasible(self, i: int, rc: int, rm: int, rp: int) -> bool:
         return (
             self.usable[i]
@@ -424,7 +460,19 @@ class Planner:
         simple = self._simple(request)
         usable, free_c, free_m, free_p = self.usable, self.free_c, self.free_m, self.free_p
         found: list[int] = []
-        for i in self._sample_positions(request_hash, want):
+        n = self.n
+        x = request_hash
+        drawn = 0
+        while drawn < want:
+            # ``want`` seeded positions in [0, n): two 32-bit draws per splitmix64
+            # step (mix64, inlined), mapped by multiply-shift.
+            x = (x + GOLDEN) & MASK64
+            z = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & MASK64
+            z = (z ^ (z >> 27)) * 0x94D049BB133111EB & MASK64
+            z ^= z >> 31
+            i = ((z & 0xFFFFFFFF) * n) >> 32
+            j = ((z >> 32) * n) >> 32
+            drawn += 2
             if (
                 usable[i]
                 and free_c[i] >= rc
@@ -434,23 +482,34 @@ class Planner:
                 and (simple or self._admissible(i, request, spread))
             ):
                 found.append(i)
+            if (
+                (drawn <= want)
+                and usable[j]
+                and free_c[j] >= rc
+                and free_m[j] >= rm
+                and free_p[j] >= rp
+                and j not in found
+                and (simple or self._admissible(j, request, spread))
+            ):
+                found.append(j)
         if len(found) >= min(2, want):
             return found
-        for i in self.fits_from(request_hash % self.n, rc, rm, rp):
-            if i not in found and (simple or self._admissible(i, request, spread)):
-                found.append(i)
-                if len(found) >= want:
-                    break
+        sampled = set(found)
+        admissible = self._admissible
+
+        def accept(i: int) -> bool:
+            return i not in sampled and (simple or admissible(i, request, spread))
+
+        found.extend(self.scan(request_hash % n, (rc, rm, rp), want - len(found), accept))
         return found
 
     def _all_feasible(self, request: PlacementRequest, spread: _Spread | None) -> list[int]:
-        rc, rm, rp = request.resources.as_tuple()
-        simple = self._simple(request)
-        return [
-            i
-            for i in self._fits_range(0, self.n, rc, rm, rp)
-            if simple or self._admissible(i, request, spread)
-        ]
+        accept = None if self._simple(request) else self._acceptor(request, spread)
+        return self.scan(0, request.resources.as_tuple(), self.n, accept)
+
+    def _acceptor(self, request: PlacementRequest, spread: _Spread | None) -> Callable[[int], bool]:
+        admissible = self._admissible
+        return lambda i: admissible(i, request, spread)
 
     def score(self, i: int, request: PlacementRequest) -> ScoreParts:
         """The mycelial score of node ``i`` for ``request``, term by term (higher is better)."""
@@ -459,11 +518,10 @@ class Planner:
         cc, cm = self.cap_c[i], self.cap_m[i]
         uc = (cc - self.free_c[i] + rc) * 1000 // cc if cc else 0
         um = (cm - self.free_m[i] + rm) * 1000 // cm if cm else 0
-        dom = self._dominant_after(i, rc, rm, rp)
-        credit = self.credit[i] * 1000 // self.credit_div[i]
-        credit = -1000 if credit < -1000 else 1000 if credit > 1000 else credit
+        mid = (self.dom[i] + self._dominant_after(i, rc, rm, rp)) >> 1
+        credit = self.credit_term[i]
         balance = 1000 - abs(uc - um)
-        fit = dom if cfg.pack else 1000 - dom
+        fit = mid if cfg.pack else 1000 - mid
         anti = 0
         per_node = self.wl_node.get(request.workload)
         if per_node:
@@ -482,7 +540,7 @@ class Planner:
         rc, rm, rp = request.resources.as_tuple()
         free_c, free_m, free_p = self.free_c, self.free_m, self.free_p
         cap_c, cap_m, cap_p = self.cap_c, self.cap_m, self.cap_p
-        credit, divisor, node_hash = self.credit, self.credit_div, self.node_hash
+        credit_term, dom_now, node_hash = self.credit_term, self.dom, self.node_hash
         wc, wb, wf, pack = cfg.credit_weight, cfg.balance_weight, cfg.fit_weight, cfg.pack
         per_node = self.wl_node.get(request.workload)
         per_zone = self.wl_zone.get(request.workload)
@@ -497,11 +555,11 @@ class Planner:
             dom = uc if uc > um else um
             if up > dom:
                 dom = up
+            dom = (dom_now[i] + dom) >> 1
             total = wb * (1000 - (uc - um if uc > um else um - uc))
             total += wf * (dom if pack else 1000 - dom)
             if wc:
-                c = credit[i] * 1000 // divisor[i]
-                total += wc * (-1000 if c < -1000 else 1000 if c > 1000 else c)
+                total += wc * credit_term[i]
             if per_node:
                 total -= aa_node * per_node.get(i, 0)
             if per_zone:
@@ -525,13 +583,11 @@ class Planner:
         return self._best_scored(request, candidates, rh) if candidates else -1
 
     def _first_admissible(self, request: PlacementRequest, start: int) -> int:
-        rc, rm, rp = request.resources.as_tuple()
-        simple = self._simple(request)
-        spread = None if simple else self._spread_for(request)
-        for i in self.fits_from(start, rc, rm, rp):
-            if simple or self._admissible(i, request, spread):
-                return i
-        return -1
+        accept = (
+            None if self._simple(request) else self._acceptor(request, self._spread_for(request))
+        )
+        found = self.scan(start, request.resources.as_tuple(), 1, accept)
+        return found[0] if found else -1
 
     def _choose_random(self, request: PlacementRequest, rh: int) -> int:
         return self._first_admissible(request, mix64(rh) % self.n)
@@ -571,12 +627,8 @@ class Planner:
             heapq.heappush(heap, entry)
         if chosen < 0 and heap:
             # The least loaded nodes cannot take it: the least loaded of a pruned scan.
-            best: list[int] = []
-            for i in self.fits_from(rh % self.n, rc, rm, rp):
-                if simple or self._admissible(i, request, spread):
-                    best.append(i)
-                    if len(best) >= 64:
-                        break
+            accept = None if simple else self._acceptor(request, spread)
+            best = self.scan(rh % self.n, (rc, rm, rp), 64, accept)
             if best:
                 chosen = min(best, key=lambda i: (keys[i], self.node_hash[i]))
         return chosen
@@ -607,7 +659,9 @@ class Planner:
     # --------------------------------------------------------------- decisions
 
     def request_hash(self, request: PlacementRequest) -> int:
-        return stable_hash(self.seed, "request", request.replica_id)
+        """``stable_hash(seed, "request", replica_id)``, without re-encoding the prefix."""
+        data = self._request_prefix + request.replica_id.encode("utf-8", "surrogatepass")
+        return int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
 
     def _tenant_cap_reason(self, request: PlacementRequest) -> str | None:
         policy = self.snapshot.tenants.get(request.tenant)
@@ -692,7 +746,9 @@ class Planner:
         self.free_p[i] -= rp
         self._tree_update(i)
         node = self.nodes[i]
+        self.dom[i] = self._dominant_after(i, 0, 0, 0)
         self.credit[i] -= placement_cost(node.capacity, request.resources) << self.spend_shift
+        self._update_credit_term(i)
         self.placed_on[request.replica_id] = node.id
         self._count_tenant(request.tenant, request.resources, +1)
         self._count_workload(request.workload, i)
@@ -806,7 +862,7 @@ class Planner:
         frees = (self.free_c, self.free_m, self.free_p)
         if not request.constraints:
             # Resources first, answered from the max-tree without a scan.
-            fitting = list(self._fits_range(0, self.n, *want))
+            fitting = self.scan(0, want, self.n)
             if not fitting:
                 return "resources", self._no_room_reason(request.resources)
             scope = ""

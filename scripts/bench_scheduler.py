@@ -19,8 +19,10 @@ the credit-free scorer never read credit, so they run once per lag-free setting.
 Timings are CPU time of the benchmark's thread (``time.thread_time``), so that
 other processes on a shared machine do not inflate them; wall time is printed
 at the end. Metrics: placements/s over the whole run (index build, credit refresh and every
-decision); p50/p99 of single decisions; fail% (requests not placed); imbalance
-of per-node dominant utilisation of allocations (max/mean and coefficient of
+decision); p50/p99 of single decisions; fail% (requests not placed); mean util
+(mean per-node dominant utilisation of allocations: with the same demand, lower
+means cpu-heavy and memory-heavy replicas share nodes better); imbalance of
+per-node dominant utilisation of allocations (max/mean and coefficient of
 variation); hot% (node-epochs where real use incl. background exceeds 90% of
 cpu or memory); strand% (free cpu on nodes without the smallest request's
 memory, and free memory on nodes without its cpu, as a share of capacity, the
@@ -34,12 +36,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
+import os
 import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scheduler import (
@@ -92,6 +96,7 @@ class Result:
     jain: float
     churn: dict[str, str] = field(default_factory=dict)
     digest: str = ""
+    mean_util: float = 0.0
 
 
 def make_nodes(count: int, sizes: str, seed: int) -> list[NodeInfo]:
@@ -219,6 +224,7 @@ def run(
         # End of epoch: what nodes observe, and the credit ledger computed from it.
         observed = []
         previous = balances[-1] if balances else {}
+        with_credit = strategy in CREDIT_STRATEGIES
         for i, node in enumerate(by_index):
             bc, bm = background(node, e)
             load_c, load_m = use_c[i] + bc, use_m[i] + bm
@@ -226,6 +232,8 @@ def run(
                 load_m * 10 > node.capacity.memory_bytes * 9
             ):
                 hot_node_epochs += 1
+            if not with_credit:
+                continue  # only the credit ledger reads observed load
             observed.append(
                 NodeInfo(
                     id=node.id,
@@ -240,7 +248,7 @@ def run(
                     credit=previous.get(node.id, 0),
                 )
             )
-        if strategy in CREDIT_STRATEGIES:
+        if with_credit:
             balances.append(epoch(Snapshot(nodes=tuple(observed)), config=config))
 
     total = len(requests)
@@ -289,6 +297,7 @@ def run(
         colocated=colocated / soft_total if soft_total else 0.0,
         jain=jain([got_by_tenant.get(t, 0) / demand[t] for t in sorted(demand)]),
         digest=digest,
+        mean_util=mean,
     )
     if churn:
         result.churn = measure_churn(planner, placed, seed, strategy)
@@ -400,9 +409,38 @@ def water_fill(capacity: int, demand: dict[str, int], weights: dict[str, int]) -
 
 HEADER = (
     "| nodes | replicas | sizes | util | lag | strategy | placements/s | p50 us | p99 us "
-    "| fail% | max/mean | CV | hot% | strand% | AA | co-loc% | Jain | churn 1 node "
+    "| fail% | mean util | max/mean | CV | hot% | strand% | AA | co-loc% | Jain | churn 1 node "
     "| churn 1% | churn zone | hash |"
 )
+
+
+def result_to_json(r: Result) -> str:
+    data = asdict(r)
+    return json.dumps(data, sort_keys=True)
+
+
+def result_from_json(line: str) -> Result:
+    data = json.loads(line)
+    data["scenario"] = Scenario(**data["scenario"])
+    return Result(**data)
+
+
+def load_results(paths: Sequence[Path]) -> list[Result]:
+    """Results saved by ``--results`` (JSON lines), in file order; a later line for
+    the same (scenario, strategy) replaces an earlier one."""
+    found: dict[tuple[Scenario, str], Result] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = result_from_json(line)
+                found[(r.scenario, r.strategy)] = r
+    return list(found.values())
+
+
+def grid_order(r: Result) -> tuple[object, ...]:
+    s = r.scenario
+    position = STRATEGIES.index(r.strategy) if r.strategy in STRATEGIES else len(STRATEGIES)
+    return (s.nodes, s.replicas, s.sizes, s.util, position, s.lag)
 
 
 def row(r: Result) -> str:
@@ -411,14 +449,16 @@ def row(r: Result) -> str:
     return (
         f"| {s.nodes} | {s.replicas} | {s.sizes} | {s.util:.0%} | {s.lag} | {r.strategy} "
         f"| {r.per_second:,.0f} | {r.p50_us:.0f} | {r.p99_us:.0f} | {100 * r.failed:.2f} "
-        f"| {r.max_mean:.3f} | {r.cv:.3f} | {100 * r.hot:.2f} | {100 * r.stranded:.2f} "
+        f"| {100 * r.mean_util:.1f} | {r.max_mean:.3f} | {r.cv:.3f} | {100 * r.hot:.2f} "
+        f"| {100 * r.stranded:.2f} "
         f"| {r.aa_violations} | {100 * r.colocated:.1f} | {r.jain:.4f} "
         f"| {churn[0]} | {churn[1]} | {churn[2]} | {r.digest} |"
     )
 
 
-def plot(results: Sequence[Result], path: Path, nodes: int) -> bool:
-    """Imbalance (CV) and failed placements against utilisation, one row per node mix."""
+def plot(results: Sequence[Result], path: Path) -> bool:
+    """Imbalance (max/mean, CV) and failed placements against utilisation, lag 0,
+    one row per (node count, node mix)."""
     try:
         import matplotlib
 
@@ -430,43 +470,59 @@ def plot(results: Sequence[Result], path: Path, nodes: int) -> bool:
             file=sys.stderr,
         )
         return False
-    mixes = sorted({r.scenario.sizes for r in results if r.scenario.nodes == nodes})
-    fig, axes = plt.subplots(len(mixes), 2, figsize=(12, 4.2 * len(mixes)), squeeze=False)
-    for row_axes, sizes in zip(axes, mixes, strict=True):
-        ax1, ax2 = row_axes
+    panels = sorted({(r.scenario.nodes, r.scenario.sizes) for r in results})
+    if not panels:
+        return False
+    fig, axes = plt.subplots(len(panels), 3, figsize=(16, 4 * len(panels)), squeeze=False)
+    for row_axes, (nodes, sizes) in zip(axes, panels, strict=True):
         chosen = [
             r
             for r in results
             if r.scenario.nodes == nodes and r.scenario.sizes == sizes and r.scenario.lag == 0
         ]
-        for strategy in STRATEGIES:
-            rs = sorted(
-                (r for r in chosen if r.strategy == strategy), key=lambda r: r.scenario.util
-            )
-            if not rs:
-                continue
-            xs = [100 * r.scenario.util for r in rs]
-            style = "-o" if strategy.startswith("mycelial") else "--."
-            ax1.plot(xs, [r.cv for r in rs], style, label=strategy)
-            ax2.plot(xs, [100 * r.failed for r in rs], style, label=strategy)
-        ax1.set_title(f"Imbalance: CV of dominant utilisation ({nodes} nodes, {sizes})")
-        ax1.set_xlabel("target utilisation %")
-        ax1.set_ylabel("coefficient of variation")
-        ax2.set_title(f"Failed placements ({nodes} nodes, {sizes})")
-        ax2.set_xlabel("target utilisation %")
-        ax2.set_ylabel("failed %")
-        ax1.grid(alpha=0.3)
-        ax2.grid(alpha=0.3)
+        metrics = (
+            ("max/mean of dominant utilisation", lambda r: r.max_mean),
+            ("CV of dominant utilisation", lambda r: r.cv),
+            ("failed placements %", lambda r: 100 * r.failed),
+        )
+        for ax, (title, value) in zip(row_axes, metrics, strict=True):
+            for strategy in STRATEGIES:
+                rs = sorted(
+                    (r for r in chosen if r.strategy == strategy), key=lambda r: r.scenario.util
+                )
+                if not rs:
+                    continue
+                style = "-o" if strategy.startswith("mycelial") else "--."
+                ax.plot(
+                    [100 * r.scenario.util for r in rs],
+                    [value(r) for r in rs],
+                    style,
+                    label=strategy,
+                )
+            ax.set_title(f"{title}\n({nodes} nodes, {sizes}, lag 0)", fontsize=10)
+            ax.set_xlabel("target utilisation %")
+            ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     return True
+
+
+def write_table(results: Sequence[Result], path: Path) -> None:
+    lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
+    lines += [row(r) for r in sorted(results, key=grid_order)]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench-scheduler", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="the whole grid of the issue (the default; say it to be explicit)",
     )
     parser.add_argument("--quick", action="store_true", help="1k nodes / 10k replicas only")
     parser.add_argument("--seed", type=int, default=1)
@@ -478,7 +534,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--plot", type=Path, help="write a PNG of imbalance and failures")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="append every row as JSON to this file (to run the grid in pieces)",
+    )
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS",
+        help="run nothing: read --results files, print the table and the goal check, "
+        "and write --plot / --markdown from them",
+    )
     args = parser.parse_args(argv)
+    if args.full and args.quick:
+        parser.error("--full and --quick exclude each other")
+    if args.replot:
+        saved = load_results(args.replot)
+        print(HEADER)
+        print("|" + "---|" * (HEADER.count("|") - 1))
+        for r in sorted(saved, key=grid_order):
+            print(row(r))
+        print()
+        goal_check(saved)
+        if args.plot and plot(saved, args.plot):
+            print(f"Plot: {args.plot}")
+        if args.markdown:
+            write_table(saved, args.markdown)
+        return 0
     strategies = [s for s in args.strategies.split(",") if s]
     for s in strategies:
         if s not in STRATEGIES:
@@ -515,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     cpu_started = time.process_time()
     print(f"# scripts/bench-scheduler {' '.join(sys.argv[1:])} (seed {args.seed})", flush=True)
+    print(f"# load average at start: {load_average()}", flush=True)
     print(HEADER)
     print("|" + "---|" * (HEADER.count("|") - 1))
     results: list[Result] = []
@@ -528,6 +613,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         result = run(scenario, strategy, args.seed, churn=churn)
                         results.append(result)
                         print(row(result), flush=True)
+                        if args.results:
+                            with args.results.open("a") as out:
+                                out.write(result_to_json(result) + "\n")
     print()
     print("Fairness under overload (200 nodes; tenants t0..t3 weights 1,1,2,4 each ask 35%):")
     print("| strategy | Jain over placed / weighted fair share | placed / fair |")
@@ -540,16 +628,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     again = run(results[0].scenario, results[0].strategy, args.seed, churn=False)
     same = "yes" if again.digest == results[0].digest else "NO"
     print(f"\nDeterminism: re-running the first row gives hash {again.digest} (same: {same})")
+    print()
+    goal_check(results)
     print(
         f"Total time: {time.perf_counter() - started:.0f} s wall, "
-        f"{time.process_time() - cpu_started:.0f} s CPU"
+        f"{time.process_time() - cpu_started:.0f} s CPU; load average at the end: "
+        f"{load_average()}"
     )
-    if args.plot and plot(results, args.plot, sizes_list[0][0]):
+    if args.plot and plot(results, args.plot):
         print(f"Plot: {args.plot}")
     if args.markdown:
-        lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)] + [row(r) for r in results]
-        args.markdown.write_text("\n".join(lines) + "\n")
+        write_table(results, args.markdown)
     return 0
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def goal_check(results: Sequence[Result]) -> None:
+    """The issue's goals, setting by setting, for the mycelial scorer at lag 0."""
+    print("Goals (mycelial, lag 0 unless said):")
+    by_key = {(r.scenario, r.strategy): r for r in results}
+    mine = sorted((r for r in results if r.strategy == "mycelial"), key=lambda r: grid_order(r))
+    for nodes in sorted({r.scenario.nodes for r in mine}):
+        rates = [r.per_second for r in mine if r.scenario.nodes == nodes]
+        goal = 20_000 if nodes <= 1000 else 3_750
+        p99 = max(r.p99_us for r in mine if r.scenario.nodes == nodes)
+        print(
+            f"* {nodes} nodes: placements/s {min(rates):,.0f}-{max(rates):,.0f} over every "
+            f"setting and lag (goal >= {goal:,}: {'met' if min(rates) >= goal else 'MISSED'}); "
+            f"worst p99 {p99:.0f} us"
+            + (f" (goal < 5000 us: {'met' if p99 < 5000 else 'MISSED'})" if nodes >= 10_000 else "")
+        )
+    for r in mine:
+        s = r.scenario
+        if s.lag:
+            continue
+        ll = by_key.get((s, "least-loaded"))
+        parts = []
+        if ll is not None and ll.max_mean:
+            mm = r.max_mean / ll.max_mean - 1
+            cv = r.cv / ll.cv - 1 if ll.cv else 0.0
+            parts.append(
+                f"max/mean {r.max_mean:.3f} vs least-loaded {ll.max_mean:.3f} ({mm:+.1%}: "
+                f"{'met' if mm <= 0.10 else 'MISSED'}), CV {r.cv:.3f} vs {ll.cv:.3f} "
+                f"({cv:+.1%}: {'met' if cv <= 0.10 else 'MISSED'})"
+            )
+        bf = by_key.get((s, "best-fit"))
+        if bf is not None and s.util >= 0.95:
+            parts.append(
+                f"failed {100 * r.failed:.2f}% vs best-fit {100 * bf.failed:.2f}% "
+                f"({'met' if r.failed <= bf.failed else 'MISSED'})"
+            )
+        if r.churn:
+            ok = all(v.startswith("1.00") for v in r.churn.values())
+            parts.append(f"churn {'1.00 everywhere' if ok else r.churn}")
+        parts.append(f"AA violations {r.aa_violations}")
+        print(f"* {s.nodes} {s.sizes} {s.util:.0%}: " + "; ".join(parts))
 
 
 def credit_study(seeds: Sequence[int], lags: Sequence[int], utils: Sequence[float]) -> None:

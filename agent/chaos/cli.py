@@ -168,7 +168,7 @@ def heal_command() -> None:
     "--dir",
     "base_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Data dirs of the agents [a new temporary dir, removed after].",
+    help="Data dirs of the agents [a new temporary dir, removed after unless a check failed].",
 )
 @click.option("--first-address", default="127.0.3.2", show_default=True)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write here.")
@@ -201,11 +201,16 @@ def soak(
             log=lambda line: click.echo(line, err=True),
         )
         result = run.run()
-    finally:
+    except BaseException:
         if temporary:
             shutil.rmtree(base, ignore_errors=True)
+        raise
+    if temporary and not result.violations:
+        shutil.rmtree(base, ignore_errors=True)
     text = result.summary()
     click.echo(text)
+    if temporary and result.violations:
+        click.echo(f"agent logs kept for a post-mortem: {base}/n*/agent.log", err=True)
     if report is not None:
         report.write_text(text + "\n")
     if result.violations:

@@ -189,8 +189,8 @@ class NodeProcess:
     def status(self, timeout: float = 10.0) -> dict[str, Any]:
         return dict(self.request("status", timeout)["status"])
 
-    def set_membership(self, alive: Iterable[str]) -> None:
-        self.request("membership", alive=list(alive))
+    def set_membership(self, alive: Iterable[str], suspect: Iterable[str] = ()) -> None:
+        self.request("membership", alive=list(alive), suspect=list(suspect))
 
     def kill(self) -> None:
         """SIGKILL, then reap."""
@@ -239,14 +239,16 @@ class Cluster:
         self.nodes[addr] = node
         return node.start()
 
-    def restart(self, addr: str) -> NodeProcess:
+    def restart(self, addr: str, join: Iterable[str] | None = None) -> NodeProcess:
+        """SIGKILL the node and start it again on its data dir; it joins through
+        ``join`` (every other node by default)."""
         old = self.nodes[addr]
         old.kill()
         node = NodeProcess(
             addr,
             old.data_dir,
             self.secret,
-            join=[a for a in self.nodes if a != addr],
+            join=[a for a in self.nodes if a != addr] if join is None else list(join),
             target_voters=self.target_voters,
             compaction_entries=self.compaction_entries,
         )
@@ -264,11 +266,13 @@ class Cluster:
     def live(self) -> list[NodeProcess]:
         return [n for n in self.nodes.values() if n.alive]
 
-    def set_membership(self) -> None:
-        """Tell every live node that the live nodes are alive (the fake gossip view)."""
-        alive = [n.addr for n in self.live()]
+    def set_membership(self, suspect: Iterable[str] = ()) -> None:
+        """Tell every live node that the live nodes are alive (the fake gossip view),
+        except ``suspect`` ones: those are only suspected (slow, not known dead)."""
+        suspect = list(suspect)
+        alive = [n.addr for n in self.live() if n.addr not in suspect]
         for node in self.live():
-            node.set_membership(alive)
+            node.set_membership(alive, suspect)
 
     def leader(self, timeout: float = 20.0) -> NodeProcess:
         """The live node that is leader and has written its term (all agree on it)."""

@@ -21,9 +21,10 @@ Voters and replicas: ``bootstrap=True`` starts a one-voter group; any other node
 starts as a read-only replica (``SyncObj(None, voters)``) that receives every entry.
 The leader's autopilot adds replicas as voters, one membership change at a time,
 until ``target_voters``; a replica that sees its own address in the voter set
-rebuilds itself as a voter. A voter the membership view no longer lists is replaced:
-a replica is added first, and the dead voter is removed only once the new one has
-caught up.
+rebuilds itself as a voter. A voter that is gone (not in ``present``: the members not
+known dead, so a merely suspect one, e.g. paused for a second, still counts) is
+replaced: a replica is added first, and the dead voter is removed only once the new
+one has caught up.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ from agent.errors import ConsensusError, SecretError
 logger = logging.getLogger("hypha.consensus")
 
 MIN_PASSWORD_BYTES = 16
+# A replica compares its node list with the voter set this often (see
+# RaftNode._check_replica).
+REPLICA_CHECK_PERIOD = 3.0
 META_FILE = "raft-meta.json"
 
 
@@ -335,6 +339,7 @@ class RaftNode:
         bootstrap: bool = False,
         join_via: Sequence[str] = (),
         membership: Membership | None = None,
+        present: Membership | None = None,
         target_voters: int = 3,
         timings: RaftTimings | None = None,
         max_in_flight: int = 256,
@@ -361,6 +366,7 @@ class RaftNode:
         self._join_via = list(join_via)
         self._bootstrap = bootstrap
         self.membership = membership
+        self.present = present
         self.target_voters = target_voters
         self.timings = timings or RaftTimings.lan()
         self._log_compaction_entries = log_compaction_entries
@@ -380,6 +386,7 @@ class RaftNode:
         self._isolated_since: float | None = None
         self._orphan_check_after = orphan_check_after
         self._promotion_check_at = 0.0
+        self._rebuilding = False
         self._tick_jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._status_cache: dict[str, Any] = {}
         self._last_leader: tuple[str | None, int, bool] | None = None
@@ -672,6 +679,7 @@ class RaftNode:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._autopilot_loop)
+                nursery.start_soon(self._replica_loop)
                 task_status.started()
                 await self._watch()
         finally:
@@ -691,13 +699,11 @@ class RaftNode:
             with trio.move_on_after(0.02):
                 await self._poke.wait()
             self._poke = trio.Event()
+            if self._rebuilding:
+                continue
             if not self._sync.tick_thread_alive():
                 raise ConsensusError("raft tick thread died; the agent must restart")
             self._check_leader()
-            if self._role == "replica" and self.self_addr in {
-                n.address for n in self._sync.otherNodes
-            }:
-                await self._promote_if_confirmed()
             await self._check_orphaned()
             if self._frozen_state is not None and self.last_applied >= self._frozen_state_index:
                 self._frozen_state = None
@@ -746,29 +752,80 @@ class RaftNode:
                 self._poke.set()
             return
 
-    async def _promote_if_confirmed(self) -> None:
-        """Promote only if the leader (or a voter) confirms we are in the voter set now.
+    async def _replica_loop(self) -> None:
+        # Its own task: asking dead addresses may block for seconds, and the watch loop
+        # must go on noticing leader changes meanwhile.
+        while True:
+            await trio.sleep(0.25)
+            if self._role == "replica" and self._sync is not None and not self._rebuilding:
+                await self._check_replica()
 
-        A replica replaying the log passes through every past membership change: an old
-        "add" of our own address makes us look like a voter until the later "remove"
-        is applied. Acting on that made a replaced voter flap between replica and voter
-        for minutes (found by the chaos soak). The leader's current view decides; we
-        ask at most once a second."""
+    async def _check_replica(self) -> None:
+        """A replica keeps every voter in its node list, and promotes itself only when
+        a voter confirms it is one.
+
+        Promotion: a replica replaying the log passes through every past membership
+        change: an old "add" of our own address makes us look like a voter until the
+        later "remove" is applied. Acting on that made a replaced voter flap between
+        replica and voter for minutes (found by the chaos soak). The leader's current
+        view decides.
+
+        Node list: only the leader sends a replica entries, and a replica's node list
+        follows the membership changes in the log it replays. Replaying an old
+        "remove" of a node that is the leader today (it was removed, added back, and
+        elected since) drops the one connection the rest of the log would come
+        through: the replica stopped there for ever (found by the chaos soak: stuck at
+        entry 576 of 1000, and a rebuild replayed into the same hole). So a voter
+        missing from our list is added back in place; replaying its later "add" is then
+        a no-op. Extra nodes are left for the log to remove.
+
+        We ask at most once a second while something is off, else every
+        ``REPLICA_CHECK_PERIOD`` seconds."""
         now = trio.current_time()
         if now < self._promotion_check_at:
             return
-        self._promotion_check_at = now + 1.0
-        ask = [a for a in (self.leader, *self.voters()) if a and a != self.self_addr]
+        mine = {n.address for n in self._sync.otherNodes}
+        listed = self.self_addr in mine
+        self._promotion_check_at = now + (1.0 if listed else REPLICA_CHECK_PERIOD)
+        # The leader first, then the voters we know, then any member gossip sees alive
+        # (all we know may be gone).
+        alive = sorted(self.membership()) if self.membership is not None else []
+        ask = [a for a in (self.leader, *sorted(mine), *alive) if a and a != self.self_addr]
         if not ask:
             return
         try:
             voters = await trio.to_thread.run_sync(
-                discover_voters, list(dict.fromkeys(ask)), self._password, 2.0
+                discover_voters, list(dict.fromkeys(ask)), self._password, 1.0
             )
         except ConsensusError:
             return  # nobody answers now; ask again later
-        if self._role == "replica" and self.self_addr in voters:
-            await self._promote_self()
+        if self._role != "replica" or self._rebuilding:
+            return
+        if self.self_addr in voters:
+            if listed:
+                await self._promote_self()
+            return  # added, but we have not applied it yet: wait for the log
+        missing = sorted(set(voters) - {n.address for n in self._sync.otherNodes})
+        if not missing:
+            return
+        self._promotion_check_at = now + 1.0
+        logger.warning(
+            "raft replica %s lists %s but the voters are %s; adding %s",
+            self.self_addr,
+            sorted(mine),
+            voters,
+            missing,
+        )
+        sync = self._sync
+
+        def add() -> None:  # tick thread
+            # What applying an "add" entry from the log does (pysyncobj 0.3.x; private).
+            change = sync._SyncObj__doChangeCluster
+            for address in missing:
+                change(["add", address])
+
+        with contextlib.suppress(ConsensusError):
+            await self._on_tick_thread(add, 2.0)
 
     async def _promote_self(self) -> None:
         """The leader added us as a voter: rebuild as one (same address, voter files)."""
@@ -781,15 +838,19 @@ class RaftNode:
         the new one has replayed as far."""
         self._frozen_state = self._consumer.state if self._consumer is not None else None
         self._frozen_state_index = self.last_applied
-        old = self._sync
-        old.destroy()
-        with trio.move_on_after(5):
-            while old.tick_thread_alive():
-                await trio.sleep(0.01)
-        for path in self._files(role):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        self._build(role, voters)
+        self._rebuilding = True  # the watch loop must not take the old tick thread's end
+        try:  # for a crash
+            old = self._sync
+            old.destroy()
+            with trio.move_on_after(5):
+                while old.tick_thread_alive():
+                    await trio.sleep(0.01)
+            for path in self._files(role):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            self._build(role, voters)
+        finally:
+            self._rebuilding = False
         self._emit(EventKind.ROLE_CHANGED, role=role)
 
     async def _check_orphaned(self) -> None:
@@ -950,7 +1011,10 @@ class RaftNode:
                 return
             self._pending_change = None
         alive = set(self.membership())
-        dead = sorted(voters - alive - {self.self_addr})
+        # Replace only voters known dead: a suspect one may be slow (a GC or SIGSTOP
+        # pause), and swapping it out left a resumed voter out of the set (chaos soak).
+        present = set(self.present()) | alive if self.present is not None else alive
+        dead = sorted(voters - present - {self.self_addr})
         candidates = sorted(alive - voters)
         change: tuple[str, str] | None = None
         # Grow only towards an odd size we can reach (1 -> 3 needs two replicas: an even

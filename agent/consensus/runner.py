@@ -36,11 +36,15 @@ class Runner:
     def __init__(self, node: RaftNode) -> None:
         self.node = node
         self.alive: list[str] | None = None
+        self.suspect: list[str] = []
         self.out = trio.lowlevel.FdStream(os.dup(1))
         self.lock = trio.Lock()
 
     def membership(self) -> list[str]:
         return list(self.alive or [])
+
+    def present(self) -> list[str]:
+        return list(self.alive or []) + self.suspect
 
     async def write(self, obj: dict[str, Any]) -> None:
         async with self.lock:
@@ -73,7 +77,9 @@ class Runner:
             return {"workload": record.to_dict() if record else None}
         if cmd == "membership":
             self.alive = list(request["alive"])
+            self.suspect = list(request.get("suspect", []))
             node.membership = self.membership
+            node.present = self.present
             return {"ok": True}
         if cmd == "bench_commit":
             return await self.bench_commit(int(request["n"]))

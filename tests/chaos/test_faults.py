@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,9 @@ from agent.chaos.faults import ChaosError, LocalAgent
 from tests.conftest import require_binary, require_root
 
 TEST_TAG = "hypha-test-chaos"
+# Addresses and names of this run's own (two runs on one machine must not meet).
+NET = f"127.1.{os.getpid() % 250}"
+FAKE_A, FAKE_B = f"fake-a{os.getpid()}", f"fake-b{os.getpid()}"
 
 
 def fake_agent(argv0: Path, name: str, address: str) -> subprocess.Popen[bytes]:
@@ -84,11 +88,11 @@ def test_parse_agent_reads_its_config_file(tmp_path: Path) -> None:
 def test_discover_kill_pause_restart(
     hypha_named_python: Path, procs: list[subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
-    procs.append(fake_agent(hypha_named_python, "fake-a", "127.0.0.231:17001"))
-    procs.append(fake_agent(hypha_named_python, "fake-b", "127.0.0.232:17002"))
-    wait_for(lambda: {"fake-a", "fake-b"} <= set(faults.discover_local_agents()))
+    procs.append(fake_agent(hypha_named_python, FAKE_A, f"{NET}.231:17001"))
+    procs.append(fake_agent(hypha_named_python, FAKE_B, f"{NET}.232:17002"))
+    wait_for(lambda: {FAKE_A, FAKE_B} <= set(faults.discover_local_agents()))
     agents = faults.discover_local_agents()
-    a, b = agents["fake-a"], agents["fake-b"]
+    a, b = agents[FAKE_A], agents[FAKE_B]
     assert a.pid == procs[0].pid and a.gossip_port == 17001
 
     with pytest.raises(ChaosError, match="no local agent named 'nope'"):
@@ -115,8 +119,8 @@ def test_discover_kill_pause_restart(
     new_pid = child.pid
     try:
         assert not Path(f"/proc/{a.pid}").exists()  # the old process is gone (and reaped)
-        wait_for(lambda: faults.discover_local_agents().get("fake-a") is not None)
-        again = faults.discover_local_agents()["fake-a"]
+        wait_for(lambda: faults.discover_local_agents().get(FAKE_A) is not None)
+        again = faults.discover_local_agents()[FAKE_A]
         assert again.pid == new_pid != a.pid
         assert again.argv == a.argv
     finally:
@@ -193,14 +197,14 @@ def deliveries(src: socket.socket, dst: socket.socket, count: int) -> int:
 
 
 def test_partition_and_heal_on_real_udp(iptables_clean: None) -> None:
-    a, b = udp_pair("127.0.0.233", "127.0.0.234")
+    a, b = udp_pair(f"{NET}.233", f"{NET}.234")
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    other.bind(("127.0.0.235", 0))
+    other.bind((f"{NET}.235", 0))
     other.setblocking(False)
     try:
         assert deliveries(a, b, 20) == 20
         rules = faults.partition_rules(
-            [[agent_at("a", "127.0.0.233")], [agent_at("b", "127.0.0.234")]], tag=TEST_TAG
+            [[agent_at("a", f"{NET}.233")], [agent_at("b", f"{NET}.234")]], tag=TEST_TAG
         )
         faults.apply_rules(rules)
         assert len(faults.tagged_rules(TEST_TAG)) == 2
@@ -215,10 +219,10 @@ def test_partition_and_heal_on_real_udp(iptables_clean: None) -> None:
 
 
 def test_loss_drops_about_the_asked_fraction(iptables_clean: None) -> None:
-    a, b = udp_pair("127.0.0.236", "127.0.0.237")
+    a, b = udp_pair(f"{NET}.236", f"{NET}.237")
     try:
         rules = faults.loss_rules(
-            agent_at("b", "127.0.0.237"), [agent_at("a", "127.0.0.236")], 50, tag=TEST_TAG
+            agent_at("b", f"{NET}.237"), [agent_at("a", f"{NET}.236")], 50, tag=TEST_TAG
         )
         faults.apply_rules(rules)
         got = deliveries(a, b, 400)

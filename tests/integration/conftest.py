@@ -35,7 +35,7 @@ def shared_cluster() -> Iterator[LocalCluster]:
     # Short path: a Unix socket path must stay under 108 bytes.
     base = Path(f"/tmp/hy-shared-{os.getpid()}")
     base.mkdir(parents=True, exist_ok=True)
-    cluster = LocalCluster(base, 3, driver="process", agent_args=["--log-format", "json"])
+    cluster = LocalCluster(base, 3, driver="process", extra_args=["--log-format", "json"])
     _live.append(cluster)
     try:
         cluster.start()

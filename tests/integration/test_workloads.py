@@ -54,7 +54,7 @@ def cluster(image: str | None) -> Iterator[LocalCluster]:
     try:
         for agent in c.agents[:3]:
             agent.start()
-        c.started_once = True
+        c.started = True
         wait_until(lambda: c.alive_members(c.agents[0]) == 3, 60, "three agents")
         yield c
     except BaseException:

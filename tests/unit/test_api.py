@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from agent.api import ApiApp
+from agent.api import ApiApp, current_request_id
 from agent.client import ApiClient
 from agent.errors import ApiError, ConflictError, NotFoundError, NotLeaderError
 from agent.peer import PeerClient
@@ -177,3 +177,92 @@ async def test_a_dead_leader_is_looked_up_again(nursery: trio.Nursery, tmp_path:
     client = ApiClient(f"unix:{path}")
     created = await call(client.post, "/v1/workloads", {"spec": SPEC})
     assert created["name"] == "web" and "web" in leader_backend.workloads
+
+
+class ReplicatedBackend(FakeBackend):
+    """A leader whose applied writes are remembered by request id in state shared with
+    the next leader, as the Raft state machine does."""
+
+    def __init__(self, applied: dict[str, dict[str, Any]], *, hang: bool = False) -> None:
+        super().__init__()
+        self.applied = applied
+        self.hang = hang
+        self.seen: list[str | None] = []
+
+    async def put_workload(
+        self, spec: dict[str, Any], *, create: bool, expected_version: int | None
+    ) -> dict[str, Any]:
+        request_id = current_request_id()
+        self.seen.append(request_id)
+        assert request_id is not None
+        if request_id in self.applied:
+            return self.applied[request_id]  # a retry: answered, not applied again
+        result = await super().put_workload(spec, create=create, expected_version=expected_version)
+        self.applied[request_id] = result
+        if self.hang:
+            await trio.sleep_forever()  # committed, then died before answering
+        return result
+
+
+async def test_a_write_whose_answer_was_lost_is_retried_once_with_its_request_id(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    applied: dict[str, dict[str, Any]] = {}
+    old = ReplicatedBackend(applied, hang=True)
+    new = ReplicatedBackend(applied)
+    new.workloads = old.workloads  # one replicated state
+    apis = []
+    for backend in (old, new):
+        sock = tcp_listener("127.0.0.1", 0)
+        apis.append(f"http://127.0.0.1:{sock.getsockname()[1]}")
+        await nursery.start(serve_api, ApiApp(backend, tokens=["t" * 32]), sock)
+
+    follower = FakeBackend(leader=apis[0])
+    path = tmp_path / "follower.sock"
+    app = ApiApp(follower, peer=PeerClient("t" * 32, timeout=1.0))
+    await nursery.start(serve_api, app, unix_listener(path))
+
+    async def elect() -> None:
+        while not old.seen:
+            await trio.sleep(0.05)
+        follower.leader = apis[1]
+
+    nursery.start_soon(elect)
+    created = await call(ApiClient(f"unix:{path}").post, "/v1/workloads", {"spec": SPEC})
+    # Without the request id the new leader would answer 409 "already exists" to a
+    # create that did apply (the soak's "impossible acknowledged write").
+    assert created == {"name": "web", "version": 1}
+    assert len(applied) == 1
+    assert old.seen == new.seen and old.seen[0] is not None
+
+
+async def test_a_client_may_name_its_write_and_a_bad_name_is_refused(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = ReplicatedBackend({})
+    path = tmp_path / "api.sock"
+    await nursery.start(serve_api, ApiApp(backend), unix_listener(path))
+    client = ApiClient(f"unix:{path}")
+
+    def post(request_id: str) -> Any:
+        import json
+        import socket
+
+        body = json.dumps({"spec": SPEC}).encode()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+            s.sendall(
+                b"POST /v1/workloads HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                + f"x-hypha-request-id: {request_id}\r\ncontent-length: {len(body)}\r\n"
+                "connection: close\r\n\r\n".encode()
+                + body
+            )
+            return b"".join(iter(lambda: s.recv(65536), b""))
+
+    first = await trio.to_thread.run_sync(post, "job-1")
+    again = await trio.to_thread.run_sync(post, "job-1")
+    assert b" 201 " in first.split(b"\r\n")[0] and b" 201 " in again.split(b"\r\n")[0]
+    assert backend.seen == ["job-1", "job-1"]
+    bad = await trio.to_thread.run_sync(post, "no spaces allowed")
+    assert b" 400 " in bad.split(b"\r\n")[0] and b"x-hypha-request-id" in bad
+    assert (await call(client.get, "/v1/workloads"))["workloads"][0]["name"] == "web"
