@@ -104,6 +104,18 @@ class SoakReport:
         )
         lines.append(f"violations: {len(self.violations)}")
         lines += [f"  {v}" for v in self.violations]
+        # For a post-mortem: the whole history of every workload a write check blamed.
+        blamed = sorted(
+            {v.detail.split(":", 1)[0] for v in self.violations if v.invariant == "writes"}
+        )
+        for name in blamed:
+            lines.append(f"history of {name}:")
+            for op in sorted(
+                (o for o in self.ops if o.workload == name), key=lambda o: o.invoked_at
+            ):
+                what = op.kind + (f" {op.replicas}" if op.replicas is not None else "")
+                when = f"+{op.invoked_at:6.1f}s..+{op.completed_at:6.1f}s"
+                lines.append(f"  {when}  {what:<10} {op.outcome:<7} {op.detail}".rstrip())
         return "\n".join(lines)
 
 
@@ -186,6 +198,7 @@ class Soak:
             agent = rng.choice(agents)
             invoked = self.now()
             outcome, detail = self._write(agent, kind, name, replicas)
+            detail = f"via {agent.name}" + (f": {detail}" if detail else "")
             op = Op(kind, name, replicas, outcome, invoked, self.now(), detail)  # type: ignore[arg-type]
             with self._lock:
                 self.report.ops.append(op)

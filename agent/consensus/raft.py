@@ -56,10 +56,59 @@ from agent.errors import ConsensusError, SecretError
 
 logger = logging.getLogger("hypha.consensus")
 
+# A voter just promoted from replica starts with an empty log: until it has replayed
+# as far as it was, it waits this long without a leader before calling an election
+# (at most QUIET_LIMIT seconds).
+QUIET_ELECTION_TIMEOUT = (6.0, 9.0)
+QUIET_LIMIT = 60.0
+
+
+class _Conf(SyncObjConf):  # type: ignore[misc]
+    """pysyncobj's config with election timeouts that can be stretched for a while.
+
+    A promoted voter with an empty log cannot win an election, but until the leader's
+    first append reaches it, each of its timeouts (0.3-0.9 s) started one with a higher
+    term, and every higher term deposed the leader: the chaos soak saw 16 terms in two
+    seconds after a promotion. pysyncobj has no pre-vote; ``quiet`` stands in for it
+    while the new voter catches up. pysyncobj reads these fields at each use."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.quiet = False
+        self._validating = False
+        super().__init__(**kwargs)
+
+    @property
+    def raftMinTimeout(self) -> float:  # noqa: N802 (pysyncobj's name)
+        if self.quiet and not self._validating:
+            return QUIET_ELECTION_TIMEOUT[0]
+        return float(self._raft_min)
+
+    @raftMinTimeout.setter
+    def raftMinTimeout(self, value: float) -> None:  # noqa: N802
+        self._raft_min = value
+
+    @property
+    def raftMaxTimeout(self) -> float:  # noqa: N802
+        if self.quiet and not self._validating:
+            return QUIET_ELECTION_TIMEOUT[1]
+        return float(self._raft_max)
+
+    @raftMaxTimeout.setter
+    def raftMaxTimeout(self, value: float) -> None:  # noqa: N802
+        self._raft_max = value
+
+    def validate(self) -> None:
+        self._validating = True
+        try:
+            super().validate()
+        finally:
+            self._validating = False
+
+
 MIN_PASSWORD_BYTES = 16
-# A replica compares its node list with the voter set this often (see
-# RaftNode._check_replica).
-REPLICA_CHECK_PERIOD = 3.0
+# A voter absent from the voter set for this long rejoins as a replica (see
+# RaftNode._check_voter).
+REMOVED_CONFIRM_AFTER = 2.0
 META_FILE = "raft-meta.json"
 
 
@@ -346,7 +395,7 @@ class RaftNode:
         event_buffer: int = 4096,
         autopilot_interval: float = 0.5,
         log_compaction_entries: int = 5000,
-        orphan_check_after: float = 5.0,
+        membership_check_period: float = 3.0,
     ) -> None:
         if password is None or len(password) < MIN_PASSWORD_BYTES:
             raise SecretError(
@@ -383,10 +432,13 @@ class RaftNode:
         self._frozen_state_index = 0
         self._nursery: trio.Nursery | None = None
         self._saved_voters: list[str] = []
-        self._isolated_since: float | None = None
-        self._orphan_check_after = orphan_check_after
+        self._removed_since: float | None = None
+        self._voter_check_at = 0.0
+        self._check_period = membership_check_period
         self._promotion_check_at = 0.0
         self._rebuilding = False
+        self._conf: _Conf | None = None
+        self._quiet_until = 0.0
         self._tick_jobs: collections.deque[Callable[[], None]] = collections.deque()
         self._status_cache: dict[str, Any] = {}
         self._last_leader: tuple[str | None, int, bool] | None = None
@@ -589,7 +641,7 @@ class RaftNode:
         prefix = "raft" if role == "voter" else "replica"
         return str(self.data_dir / f"{prefix}.journal"), str(self.data_dir / f"{prefix}.dump")
 
-    def _build(self, role: str, voters: Sequence[str]) -> None:
+    def _build(self, role: str, voters: Sequence[str], quiet: bool = False) -> None:
         """Build the SyncObj on this (the main) thread."""
         if threading.current_thread() is not threading.main_thread():
             raise ConsensusError(
@@ -599,7 +651,7 @@ class RaftNode:
         journal, dump = self._files(role)
         repair_journal(journal, dump)
         t = self.timings
-        conf = SyncObjConf(
+        conf = _Conf(
             password=self._password,
             journalFile=journal,
             fullDumpFile=dump,
@@ -619,6 +671,9 @@ class RaftNode:
             commandsWaitLeader=True,
             onStateChanged=self._on_state_changed,
         )
+        conf.quiet = quiet and role == "voter"
+        self._conf = conf
+        self._quiet_until = trio.current_time() + QUIET_LIMIT
         consumer = _Replicated(self._on_applied)
         others = [v for v in voters if v != self.self_addr]
         self_node = self.self_addr if role == "voter" else None
@@ -679,7 +734,7 @@ class RaftNode:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._autopilot_loop)
-                nursery.start_soon(self._replica_loop)
+                nursery.start_soon(self._membership_loop)
                 task_status.started()
                 await self._watch()
         finally:
@@ -696,7 +751,10 @@ class RaftNode:
         """Leader/role changes, the tick thread's health, promotion, status cache."""
         next_status = trio.current_time()
         while True:
-            with trio.move_on_after(0.02):
+            # pysyncobj pokes us on its own state changes; a follower's new leader is
+            # only seen by polling. 0.1 s: idle agents spent most of their CPU here at
+            # 0.02 s, and a tenth of a second is small next to an election.
+            with trio.move_on_after(0.1):
                 await self._poke.wait()
             self._poke = trio.Event()
             if self._rebuilding:
@@ -704,16 +762,25 @@ class RaftNode:
             if not self._sync.tick_thread_alive():
                 raise ConsensusError("raft tick thread died; the agent must restart")
             self._check_leader()
-            await self._check_orphaned()
             if self._frozen_state is not None and self.last_applied >= self._frozen_state_index:
                 self._frozen_state = None
+            if self._conf is not None and self._conf.quiet:
+                caught_up = self._frozen_state is None and self.leader is not None
+                if caught_up or trio.current_time() > self._quiet_until:
+                    self._conf.quiet = False
+                    logger.info(
+                        "raft voter %s %s; normal election timeouts",
+                        self.self_addr,
+                        "caught up" if caught_up else f"still behind after {QUIET_LIMIT:.0f}s",
+                    )
             voters = self.voters()
             if voters != self._saved_voters and self._sync is not None:
                 self._saved_voters = voters
                 self._save_meta(self._role, voters)
             now = trio.current_time()
             if now >= next_status:
-                next_status = now + 0.2
+                # The autopilot (leader) reads it every round; others only for status.
+                next_status = now + (0.2 if self.is_leader else 1.0)
                 with contextlib.suppress(ConsensusError):
                     self._status_cache = await self._on_tick_thread(self._raw_status, 1.0)
 
@@ -752,13 +819,24 @@ class RaftNode:
                 self._poke.set()
             return
 
-    async def _replica_loop(self) -> None:
+    async def _membership_loop(self) -> None:
         # Its own task: asking dead addresses may block for seconds, and the watch loop
         # must go on noticing leader changes meanwhile.
         while True:
             await trio.sleep(0.25)
-            if self._role == "replica" and self._sync is not None and not self._rebuilding:
+            if self._sync is None or self._rebuilding:
+                continue
+            if self._role == "replica":
                 await self._check_replica()
+            else:
+                await self._check_voter()
+
+    def _ask_order(self, known: Sequence[str]) -> list[str]:
+        """Whom to ask for the voter set: the leader, then ``known``, then any member
+        gossip sees alive (all we know may be gone)."""
+        alive = sorted(self.membership()) if self.membership is not None else []
+        ask = [a for a in (self.leader, *sorted(known), *alive) if a and a != self.self_addr]
+        return list(dict.fromkeys(ask))
 
     async def _check_replica(self) -> None:
         """A replica keeps every voter in its node list, and promotes itself only when
@@ -780,23 +858,18 @@ class RaftNode:
         a no-op. Extra nodes are left for the log to remove.
 
         We ask at most once a second while something is off, else every
-        ``REPLICA_CHECK_PERIOD`` seconds."""
+        ``membership_check_period`` seconds."""
         now = trio.current_time()
         if now < self._promotion_check_at:
             return
         mine = {n.address for n in self._sync.otherNodes}
         listed = self.self_addr in mine
-        self._promotion_check_at = now + (1.0 if listed else REPLICA_CHECK_PERIOD)
-        # The leader first, then the voters we know, then any member gossip sees alive
-        # (all we know may be gone).
-        alive = sorted(self.membership()) if self.membership is not None else []
-        ask = [a for a in (self.leader, *sorted(mine), *alive) if a and a != self.self_addr]
+        self._promotion_check_at = now + (1.0 if listed else self._check_period)
+        ask = self._ask_order(sorted(mine))
         if not ask:
             return
         try:
-            voters = await trio.to_thread.run_sync(
-                discover_voters, list(dict.fromkeys(ask)), self._password, 1.0
-            )
+            voters = await trio.to_thread.run_sync(discover_voters, ask, self._password, 1.0)
         except ConsensusError:
             return  # nobody answers now; ask again later
         if self._role != "replica" or self._rebuilding:
@@ -828,12 +901,13 @@ class RaftNode:
             await self._on_tick_thread(add, 2.0)
 
     async def _promote_self(self) -> None:
-        """The leader added us as a voter: rebuild as one (same address, voter files)."""
+        """The leader added us as a voter: rebuild as one (same address, voter files),
+        quiet (no elections of our own) until we have caught up."""
         voters = sorted({n.address for n in self._sync.otherNodes} | {self.self_addr})
         logger.info("raft promoted to voter self=%s voters=%s", self.self_addr, voters)
-        await self._rebuild("voter", voters)
+        await self._rebuild("voter", voters, quiet=True)
 
-    async def _rebuild(self, role: str, voters: Sequence[str]) -> None:
+    async def _rebuild(self, role: str, voters: Sequence[str], quiet: bool = False) -> None:
         """Replace our SyncObj by one in ``role``; answer reads from the old state until
         the new one has replayed as far."""
         self._frozen_state = self._consumer.state if self._consumer is not None else None
@@ -848,34 +922,49 @@ class RaftNode:
             for path in self._files(role):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-            self._build(role, voters)
+            self._build(role, voters, quiet=quiet)
         finally:
             self._rebuilding = False
         self._emit(EventKind.ROLE_CHANGED, role=role)
 
-    async def _check_orphaned(self) -> None:
-        """A voter that hears nobody asks the other voters whether it is still one.
+    async def _check_voter(self) -> None:
+        """A voter that does not lead asks every ``membership_check_period`` seconds
+        whether it still is one; if the answers leave it out for
+        ``REMOVED_CONFIRM_AFTER`` seconds, it rejoins as a replica.
 
-        A voter removed while it was down (replaced by the autopilot) comes back to a
-        cluster that drops its connections; it would stay stale for ever. If a voter we
-        know answers with a voter set without us, we rejoin as a replica."""
-        others = [v for v in self.voters() if v != self.self_addr]
-        if self._role != "voter" or self.is_leader or self.leader is not None or not others:
-            self._isolated_since = None
-            return
+        A voter paused or cut off while the autopilot replaced it comes back to a
+        cluster that no longer sends it entries. It used to ask only when it heard no
+        leader at all; but a removed voter can keep hearing one (the leader takes its
+        connection for a replica's), so it stayed a stale voter for minutes, and its
+        elections with ever higher terms deposed good leaders (found by the chaos
+        soak)."""
         now = trio.current_time()
-        if self._isolated_since is None:
-            self._isolated_since = now
+        if now < self._voter_check_at:
             return
-        if now - self._isolated_since < self._orphan_check_after:
+        self._voter_check_at = now + (
+            1.0 if self._removed_since is not None else self._check_period
+        )
+        if self.is_leader:
+            self._removed_since = None
             return
-        self._isolated_since = now  # ask again only after another period
+        ask = self._ask_order([v for v in self.voters() if v != self.self_addr])
+        if not ask:
+            return
         try:
-            voters = await trio.to_thread.run_sync(discover_voters, others, self._password, 2.0)
+            voters = await trio.to_thread.run_sync(discover_voters, ask, self._password, 1.0)
         except ConsensusError:
             return  # nobody answers: partitioned or down, not removed
-        if self.self_addr in voters or self.leader is not None:
+        if self._role != "voter" or self._rebuilding or self.is_leader:
             return
+        if self.self_addr in voters:
+            self._removed_since = None
+            return
+        if self._removed_since is None:
+            self._removed_since = now
+            return
+        if now - self._removed_since < REMOVED_CONFIRM_AFTER:
+            return
+        self._removed_since = None
         logger.warning(
             "raft voter %s was removed from the voter set %s; rejoining as a replica",
             self.self_addr,

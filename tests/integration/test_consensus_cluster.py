@@ -6,6 +6,8 @@ Timing is never asserted: every wait polls for a condition with a generous deadl
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -422,3 +424,31 @@ def test_a_replica_that_missed_a_voter_change_finds_the_voters(cluster: Cluster)
     wait_for(lambda: workload_on(back, "late"), 60, "late on the replica that was stale")
     assert back.status()["role"] == "replica"
     assert sorted(back.status()["voters"]) == sorted(n.addr for n in nodes)
+
+
+def test_a_leader_replaced_while_paused_rejoins_as_a_replica(cluster: Cluster) -> None:
+    """SIGSTOP the leader until the others have elected another and the autopilot has
+    replaced it, then SIGCONT: it must see it was removed and rejoin as a replica. It
+    used to stay a stale voter for minutes (it still heard a leader, which took its
+    connection for a replica's), and its elections deposed good leaders."""
+    nodes = three_voters(cluster)
+    spare = cluster.add(join=[nodes[0].addr])
+    cluster.set_membership()
+    victim = cluster.leader()
+    assert victim.proc is not None
+    os.kill(victim.proc.pid, signal.SIGSTOP)
+    try:
+        alive = [n.addr for n in cluster.live() if n is not victim]
+        for node in cluster.live():
+            if node is not victim:
+                node.set_membership(alive)
+        others = [n for n in nodes if n is not victim]
+        expected = sorted(n.addr for n in [*others, spare])
+        wait_for(lambda: any(n.status()["state"] == "leader" for n in others), 30, "a new leader")
+        wait_for(lambda: voters_of(others[0]) == expected, 60, "the paused leader replaced")
+    finally:
+        os.kill(victim.proc.pid, signal.SIGCONT)
+    cluster.set_membership()  # gossip sees it alive again at once
+    wait_for(lambda: victim.status()["role"] == "replica", 30, "the replaced leader demoted")
+    assert cluster.propose(PutWorkload({"name": "after", "replicas": 1}).to_wire())["ok"]
+    wait_for(lambda: workload_on(victim, "after"), 30, "new entries on the demoted voter")

@@ -109,3 +109,21 @@ def test_an_acknowledged_impossible_write_is_reported_not_crashed_on() -> None:
     ops = [op("create", 3, "ok", 1), op("create", 2, "ok", 2)]  # created twice, both ok
     (violation,) = check_writes(ops, {"w": WorkloadState(True, 2, 1)})
     assert "create 2 at +2.0s was acknowledged" in violation.detail
+
+
+def test_the_soak_report_shows_the_history_of_a_blamed_workload() -> None:
+    from agent.chaos.soak import SoakReport
+
+    report = SoakReport(seed=1, nodes=5, duration=60)
+    report.ops = [
+        Op("create", "w", 2, "ok", 1.0, 1.5, "via n1"),
+        Op("delete", "w", None, "fail", 2.0, 2.5, "via n4: no workload named 'w'"),
+        Op("create", "w", 1, "ok", 3.0, 3.5, "via n2"),
+        Op("create", "other", 1, "ok", 1.0, 1.2, "via n3"),
+    ]
+    final = {"w": WorkloadState(True, 1, 1), "other": WorkloadState(True, 1, 1)}
+    report.violations = check_writes(report.ops, final)
+    assert len(report.violations) == 1
+    text = report.summary()
+    assert "history of w:" in text and "history of other" not in text
+    assert "delete     fail    via n4: no workload named 'w'" in text
