@@ -17,9 +17,13 @@ the balances from ``lag`` epochs before (0 = the last epoch's). Baselines and
 the credit-free scorer never read credit, so they run once per lag-free setting.
 
 Timings are CPU time of the benchmark's thread (``time.thread_time``), so that
-other processes on a shared machine do not inflate them; wall time is printed
-at the end. Metrics: placements/s over the whole run (index build, credit refresh and every
-decision); p50/p99 of single decisions; fail% (requests not placed); mean util
+other processes on a shared machine inflate them less (a busy sibling
+hyperthread still slows a run down); up to 1k nodes each row is run three
+times (``--repeat``) and the fastest timing is kept, the decisions being
+identical (checked by hash). Wall time is printed at the end.
+
+Metrics: placements/s over the whole run (index build, credit refresh and
+every decision); p50/p99 of single decisions; fail% (requests not placed); mean util
 (mean per-node dominant utilisation of allocations: with the same demand, lower
 means cpu-heavy and memory-heavy replicas share nodes better); imbalance of
 per-node dominant utilisation of allocations (max/mean and coefficient of
@@ -457,8 +461,8 @@ def row(r: Result) -> str:
 
 
 def plot(results: Sequence[Result], path: Path) -> bool:
-    """Imbalance (max/mean, CV) and failed placements against utilisation, lag 0,
-    one row per (node count, node mix)."""
+    """Imbalance (max/mean, CV), mean dominant utilisation and failed placements
+    against target utilisation, lag 0, one row per (node count, node mix)."""
     try:
         import matplotlib
 
@@ -473,7 +477,7 @@ def plot(results: Sequence[Result], path: Path) -> bool:
     panels = sorted({(r.scenario.nodes, r.scenario.sizes) for r in results})
     if not panels:
         return False
-    fig, axes = plt.subplots(len(panels), 3, figsize=(16, 4 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 4, figsize=(20, 4 * len(panels)), squeeze=False)
     for row_axes, (nodes, sizes) in zip(axes, panels, strict=True):
         chosen = [
             r
@@ -483,6 +487,7 @@ def plot(results: Sequence[Result], path: Path) -> bool:
         metrics = (
             ("max/mean of dominant utilisation", lambda r: r.max_mean),
             ("CV of dominant utilisation", lambda r: r.cv),
+            ("mean dominant utilisation % (lower = better packed)", lambda r: 100 * r.mean_util),
             ("failed placements %", lambda r: 100 * r.failed),
         )
         for ax, (title, value) in zip(row_axes, metrics, strict=True):
@@ -505,7 +510,7 @@ def plot(results: Sequence[Result], path: Path) -> bool:
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=72)
     return True
 
 
@@ -526,6 +531,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="1k nodes / 10k replicas only")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="run each row this many times and report the fastest timing (the decisions "
+        "must be identical); default 3 up to 1k nodes, 1 above",
+    )
     parser.add_argument("--scales", help="NODESxREPLICAS list, e.g. 1000x10000,10000x100000")
     parser.add_argument("--sizes", help="homogeneous,mixed (default both)")
     parser.add_argument("--utils", help="target utilisations, e.g. 0.5,0.7,0.85,0.95")
@@ -610,7 +621,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for lag in lags if strategy in CREDIT_STRATEGIES else [0]:
                         scenario = Scenario(nodes, replicas, sizes, util, lag)
                         churn = util == 0.85 and lag == 0
-                        result = run(scenario, strategy, args.seed, churn=churn)
+                        repeats = (
+                            args.repeat if args.repeat is not None else (3 if nodes <= 1000 else 1)
+                        )
+                        result = timed_best_of(repeats, scenario, strategy, args.seed, churn)
                         results.append(result)
                         print(row(result), flush=True)
                         if args.results:
@@ -640,6 +654,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown:
         write_table(results, args.markdown)
     return 0
+
+
+def timed_best_of(
+    repeats: int, scenario: Scenario, strategy: str, seed: int, churn: bool
+) -> Result:
+    """``run`` ``repeats`` times; the first run's metrics with the fastest run's timings.
+
+    The runs are deterministic (their hashes must agree), so only the timings
+    differ, and on a shared machine the fastest is the one least disturbed.
+    """
+    best = run(scenario, strategy, seed, churn=churn)
+    for _ in range(max(0, repeats - 1)):
+        again = run(scenario, strategy, seed, churn=False)
+        if again.digest != best.digest:
+            raise SystemExit(f"non-deterministic: {scenario} {strategy}")
+        if again.per_second > best.per_second:
+            best.per_second, best.p50_us, best.p99_us = again.per_second, again.p50_us, again.p99_us
+    return best
 
 
 def load_average() -> str:
@@ -673,6 +705,11 @@ def goal_check(results: Sequence[Result]) -> None:
         if ll is not None and ll.max_mean:
             mm = r.max_mean / ll.max_mean - 1
             cv = r.cv / ll.cv - 1 if ll.cv else 0.0
+            parts.append(
+                f"fullest node {100 * r.max_mean * r.mean_util:.1f}% vs least-loaded "
+                f"{100 * ll.max_mean * ll.mean_util:.1f}%, mean {100 * r.mean_util:.1f}% vs "
+                f"{100 * ll.mean_util:.1f}%"
+            )
             parts.append(
                 f"max/mean {r.max_mean:.3f} vs least-loaded {ll.max_mean:.3f} ({mm:+.1%}: "
                 f"{'met' if mm <= 0.10 else 'MISSED'}), CV {r.cv:.3f} vs {ll.cv:.3f} "
