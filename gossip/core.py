@@ -172,6 +172,9 @@ _GOSSIP = 4
 _SYNC = 5
 _HOUSEKEEPING = 6
 _RECONNECT = 7
+_SYNC_RETRY = 8
+
+_SYNC_RETRIES = 3  # a lost SYN or SYN_ACK while catching up is resent this many times
 
 
 class GossipNode:
@@ -219,6 +222,8 @@ class GossipNode:
         self._started = False
         self._leaving = False
         self._left_subject = ("m", name)
+        self._news = False  # a join, death or leave waits in the queue: push it early
+        self._last_gossip = -math.inf
         self.last_contact = -math.inf
         self._now = 0.0
         self.counters: dict[str, int] = {}
@@ -403,6 +408,7 @@ class GossipNode:
         elif isinstance(msg, wire.Delta):
             self._apply_delta(msg.delta, sender.name, now)
         self._notice(sender, source, now)
+        self._push_news(now)
         return self._take_out()
 
     def tick(self, now: float) -> list[Outgoing]:
@@ -439,6 +445,9 @@ class GossipNode:
             elif kind == _RECONNECT:
                 self._reconnect()
                 self._at(now + self._reconnect_interval(), _RECONNECT, None)
+            elif kind == _SYNC_RETRY:
+                self._sync_retry(arg)
+        self._push_news(now)
         return self._take_out()
 
     # -- timers -------------------------------------------------------------------
@@ -505,6 +514,10 @@ class GossipNode:
         target = self._nodes.get(probe.target)
         if target is None:
             return
+        # A second direct ping alongside the indirect ones (memberlist sends its
+        # fallback over TCP): on a lossy path it halves the false suspicions.
+        self._emit(target.address, wire.Ping(seq, target.name))
+        self._count("probe_retries")
         helpers = [n for n in self._peer_names() if n != probe.target]
         chosen = self.rng.sample(helpers, min(len(helpers), self.config.indirect_checks))
         for name in chosen:
@@ -626,6 +639,7 @@ class GossipNode:
             self._event("joined", node)
             if spread:
                 self._queue_alive(node)
+                self._news = True
             return
         if msg.generation < node.generation:
             return
@@ -646,6 +660,7 @@ class GossipNode:
             self._event("joined", node)
             if spread:
                 self._queue_alive(node)
+                self._news = True
             return
         if msg.incarnation <= node.incarnation:
             return
@@ -656,7 +671,8 @@ class GossipNode:
             came_back = node.state in ("dead", "left")
             node.state = "alive"
             node.since = now
-            self._membership_changed()
+            if came_back:  # suspect <-> alive leaves every cached view as it was
+                self._membership_changed()
             self._event("joined" if came_back else "alive", node)
         if spread:
             self._queue_alive(node)
@@ -695,7 +711,6 @@ class GossipNode:
         node.since = now
         if msg.accuser == self.name:
             self._count("suspicions")
-        self._membership_changed()
         self._start_suspicion(node, msg.accuser, now)
         self._event("suspect", node)
         self._queue(("m", node.name), msg)
@@ -722,6 +737,7 @@ class GossipNode:
         self._membership_changed()
         self._event("dead", node)
         self._queue(("m", node.name), msg)
+        self._news = True
 
     def _apply_left(self, msg: wire.Left, now: float) -> None:
         if msg.name == self.name:
@@ -739,6 +755,7 @@ class GossipNode:
         self._membership_changed()
         self._event("left", node)
         self._queue(("m", node.name), msg)
+        self._news = True
 
     def _notice(self, sender: wire.Sender, source: Address, now: float) -> None:
         """Tell a member that talks to us that we hold it suspect or dead, so it refutes."""
@@ -869,13 +886,33 @@ class GossipNode:
         if learned:
             self._catching_up.add(peer)
             self._count("sync_chained")
-            self._send_syn(peer, bisect_left(names, lo) if lo else 0)
+            self._send_chained_syn(peer, bisect_left(names, lo) if lo else 0, 0)
         elif peer in self._catching_up:
             if hi is None:
                 self._catching_up.discard(peer)
             else:
                 self._count("sync_chained")
-                self._send_syn(peer, bisect_left(names, hi))
+                self._send_chained_syn(peer, bisect_left(names, hi), 0)
+
+    def _send_chained_syn(self, peer: Address, lo_index: int, tries: int) -> None:
+        """A catch-up SYN, resent if its answer does not come back within the probe
+        timeout: one lost datagram must not leave a joiner with half the cluster
+        until random syncs fill it in."""
+        self._send_syn(peer, lo_index)
+        sent = self._syn_ranges[peer]
+        self._at(self._now + self.config.probe_timeout, _SYNC_RETRY, (peer, sent, tries + 1))
+
+    def _sync_retry(self, arg: object) -> None:
+        assert isinstance(arg, tuple)
+        peer, sent, tries = arg
+        if self._syn_ranges.get(peer) is not sent or peer not in self._catching_up:
+            return  # answered (or superseded by a newer exchange)
+        if tries > _SYNC_RETRIES or self._leaving:
+            self._catching_up.discard(peer)
+            return
+        self._count("sync_retries")
+        lo, _ = self._syn_ranges[peer]
+        self._send_chained_syn(peer, bisect_left(self._sorted_names(), lo) if lo else 0, tries)
 
     def _sync_round(self) -> None:
         if self._leaving:
@@ -1053,7 +1090,18 @@ class GossipNode:
             ("m", node.name), wire.Alive(node.name, node.generation, node.incarnation, node.address)
         )
 
+    def _push_news(self, now: float) -> None:
+        """Gossip a join, death or leave at once instead of at the next round (at
+        most every quarter gossip interval): each hop of its spread then costs a
+        network round trip, not half a gossip interval. Suspicions and refutations,
+        which come in storms on a lossy network, wait for the regular rounds."""
+        if self._news and now - self._last_gossip >= self.config.gossip_interval / 4:
+            self._count("gossip_eager")
+            self._gossip_round()
+
     def _gossip_round(self) -> None:
+        self._news = False
+        self._last_gossip = self._now
         if not len(self._broadcasts):
             return
         candidates = self._peer_names() + self._recently_dead()

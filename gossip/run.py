@@ -69,6 +69,12 @@ async def main(args: argparse.Namespace) -> None:
     )
     events: dict[str, int] = {}
     changed = trio.Event()
+    writing = trio.Lock()  # one writer of the status file (and its temporary) at a time
+
+    async def write_status() -> None:
+        async with writing:
+            # Off the event loop: a slow disk must not delay the protocol's timers.
+            await trio.to_thread.run_sync(write_json, args.status, status())
 
     async def watch_events() -> None:
         nonlocal changed
@@ -104,7 +110,7 @@ async def main(args: argparse.Namespace) -> None:
         # and every second anyway for the counters.
         nonlocal changed
         while True:
-            write_json(args.status, status())
+            await write_status()
             with trio.move_on_after(1.0):
                 await changed.wait()
             changed = trio.Event()
@@ -133,7 +139,7 @@ async def main(args: argparse.Namespace) -> None:
                     except GossipError as exc:
                         print(f"gossip.run: keyring not reloaded: {exc}", file=sys.stderr)
                     if args.status:
-                        write_json(args.status, status())
+                        await write_status()
                     continue
                 await service.leave(2.0)
                 nursery.cancel_scope.cancel()

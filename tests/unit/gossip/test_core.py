@@ -33,9 +33,11 @@ def test_a_sender_becomes_a_member_and_a_ping_is_acked() -> None:
     a, b = node("a"), node("b")
     out = b.receive(packet(a, wire.Ping(7, "b")), a.address, 0.1)
     assert kinds(b) == [("joined", "a")]
-    assert [o.address for o in out] == [a.address]
+    # The ack, then (a join is news) an early gossip round, to the only member: a.
+    assert [o.address for o in out] == [a.address, a.address]
     reply = wire.decode(RING.open(out[0].data, b"hypha"))
     assert reply.message == wire.Ack(7, reply.message.updates)  # type: ignore[union-attr]
+    assert isinstance(wire.decode(RING.open(out[1].data, b"hypha")).message, wire.Gossip)
 
 
 def test_drops_are_counted_by_reason() -> None:
@@ -169,3 +171,80 @@ def test_tombstones_are_collected_and_a_long_absent_node_gets_a_reset() -> None:
         lambda: sim.nodes["n3"].state_of("n1") == {"kept": "yes", "later": "x"}, 60
     )
     assert sim.run_until_true(sim.converged, 60)
+
+
+def opened(out: list) -> list[tuple[tuple[str, int], wire.Message]]:  # type: ignore[type-arg]
+    return [(o.address, wire.decode(RING.open(o.data, b"hypha")).message) for o in out]
+
+
+def test_a_join_is_a_push_pull_sync_and_the_seed_spreads_the_joiner_at_once() -> None:
+    seed = node("seed")
+    others = [node(f"m{i}") for i in range(4)]
+    for m in others:  # the seed knows four members; no gossip pending
+        seed.receive(packet(m, wire.Gossip()), m.address, 0.0)
+    seed.tick(seed.next_deadline())
+    seed.take_events()
+    joiner = node("joiner")
+    [syn] = joiner.join([seed.address], 1.0)
+    assert syn.address == seed.address
+    # The seed learns the joiner from the SYN, answers with the whole membership it
+    # lacks, and pushes the joiner's arrival to gossip_nodes members right away.
+    replies = opened(seed.receive(syn.data, joiner.address, 1.0))
+    assert kinds(seed) == [("joined", "joiner")]
+    [(to, synack)] = [(a, m) for a, m in replies if isinstance(m, wire.SynAck)]
+    assert to == joiner.address
+    assert {d.name for d in synack.delta} == {"seed", "m0", "m1", "m2", "m3"}
+    pushed = [(a, m) for a, m in replies if isinstance(m, wire.Gossip)]
+    assert len(pushed) == LAN.gossip_nodes
+    assert all(wire.Alive("joiner", 1, 0, joiner.address) in m.updates for _, m in pushed)
+    # One round trip: the joiner knows everyone.
+    out = [o for o in seed.receive(syn.data, joiner.address, 1.0) if o.address == joiner.address]
+    for o in out:
+        joiner.receive(o.data, seed.address, 1.01)
+    assert {m.name for m in joiner.members()} == {"joiner", "seed", "m0", "m1", "m2", "m3"}
+    assert {m.state for m in joiner.members()} == {"alive"}
+
+
+def test_news_of_a_death_is_pushed_at_once_but_not_more_than_every_quarter_round() -> None:
+    a, b, c, d = node("a"), node("b"), node("c"), node("d")
+    for m in (a, c, d):
+        b.receive(packet(m, wire.Gossip()), m.address, 0.0)
+    b.tick(b.next_deadline())  # the joins' early pushes are done
+    now = b._last_gossip + LAN.gossip_interval / 2  # noqa: SLF001
+    out = opened(b.receive(packet(c, wire.Gossip((wire.Dead("a", 1, 0, "c"),))), c.address, now))
+    assert len([m for _, m in out if isinstance(m, wire.Gossip)]) == min(3, LAN.gossip_nodes)
+    assert b.counters["gossip_eager"] >= 1
+    eager = b.counters["gossip_eager"]
+    # A second death right after waits for the rate limit (a quarter gossip interval).
+    out = opened(b.receive(packet(c, wire.Gossip((wire.Dead("d", 1, 0, "c"),))), c.address, now))
+    assert [m for _, m in out if isinstance(m, wire.Gossip)] == []
+    assert b.counters["gossip_eager"] == eager
+    # Suspicions are not pushed early (on a lossy network they come in storms).
+    b2 = node("b2")
+    for m in (a, c, d):
+        b2.receive(packet(m, wire.Gossip()), m.address, 0.0)
+    b2.tick(b2.next_deadline())
+    t = b2._last_gossip + LAN.gossip_interval / 2  # noqa: SLF001
+    out = opened(b2.receive(packet(c, wire.Gossip((wire.Suspect("a", 1, 0, "c"),))), c.address, t))
+    assert [m for _, m in out if isinstance(m, wire.Gossip)] == []
+
+
+def test_a_missing_ack_gets_a_second_direct_ping_with_the_indirect_ones() -> None:
+    a, b, c, d, e = node("a"), node("b"), node("c"), node("d"), node("e")
+    for m in (b, c, d, e):
+        a.receive(packet(m, wire.Gossip()), m.address, 0.0)
+    t = 0.0
+    while "probes" not in a.counters:  # run to the first probe
+        t = a.next_deadline()
+        a.tick(t)
+    probe = a._probe  # noqa: SLF001
+    assert probe is not None
+    target = a.member(probe.target)
+    assert target is not None
+    while a.counters.get("indirect_probes", 0) == 0:
+        t = a.next_deadline()
+        out = opened(a.tick(t))
+    pings = [(addr, m) for addr, m in out if isinstance(m, wire.Ping)]
+    assert pings == [(target.address, wire.Ping(probe.seq, target.name, pings[0][1].updates))]
+    assert len([m for _, m in out if isinstance(m, wire.PingReq)]) == 3
+    assert a.counters["probe_retries"] == 1

@@ -38,6 +38,27 @@ def test_hundred_nodes_join_and_converge() -> None:
     assert all(len(sim.nodes[n].members()) == 100 for n in sim.nodes)
 
 
+def test_a_join_is_known_by_everyone_within_a_few_rounds() -> None:
+    # The seed answers the joiner's sync with the membership and pushes the news at
+    # once; every hop after that is a round trip, not half a gossip interval.
+    for loss, rounds in ((0.0, 4), (0.3, 8)):
+        sim = Simulation(LAN, seed=13, record_events=False)
+        sim.bootstrap([f"n{i:03d}" for i in range(100)])
+        sim.run_for(5)
+        sim.loss = loss
+        start = sim.now
+        sim.add_node("joiner", join=["n000"])
+
+        def everyone_knows(sim: Simulation = sim) -> bool:
+            return all(sim.state(o, "joiner") == "alive" for o in sim.live() if o != "joiner")
+
+        assert sim.run_until_true(everyone_knows, 30, LAN.gossip_interval / 10), f"loss={loss}"
+        took = (sim.now - start) / LAN.gossip_interval
+        assert took <= rounds, f"seed=13 loss={loss}: known by all after {took:.1f} rounds"
+        joiner = sim.nodes["joiner"]
+        assert sim.run_until_true(lambda j=joiner: len(j.members()) == 101, 5), f"loss={loss}"
+
+
 def test_a_crash_is_detected_by_all() -> None:
     sim = cluster(30, seed=2)
     sim.run_for(5)
