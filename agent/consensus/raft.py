@@ -460,9 +460,16 @@ class RaftNode:
 
     @property
     def state(self) -> DesiredState:
-        """This node's copy of the desired state (read-only by convention)."""
+        """This node's copy of the desired state (read-only by convention).
+
+        After a rebuild it is the old copy until the new one has replayed as far; the
+        switch happens here, at the first read after that, so a read never sees an
+        older state than ``last_applied`` promises (a write acknowledged through this
+        agent was once read back missing in the 0.1 s before the watch loop noticed)."""
         if self._frozen_state is not None:
-            return self._frozen_state
+            if self._rebuilding or self._raw_last_applied() < self._frozen_state_index:
+                return self._frozen_state
+            self._frozen_state = None
         if self._consumer is None:
             return DesiredState()
         return self._consumer.state
@@ -498,6 +505,14 @@ class RaftNode:
 
     @property
     def last_applied(self) -> int:
+        """The index of the state ``state`` answers from (the old copy's, after a
+        rebuild, until the new one has replayed as far)."""
+        raw = self._raw_last_applied()
+        if self._frozen_state is not None and raw < self._frozen_state_index:
+            return self._frozen_state_index
+        return raw
+
+    def _raw_last_applied(self) -> int:
         return 0 if self._sync is None else int(self._sync.raftLastApplied)
 
     def voters(self) -> list[str]:
@@ -762,7 +777,10 @@ class RaftNode:
             if not self._sync.tick_thread_alive():
                 raise ConsensusError("raft tick thread died; the agent must restart")
             self._check_leader()
-            if self._frozen_state is not None and self.last_applied >= self._frozen_state_index:
+            if (
+                self._frozen_state is not None
+                and self._raw_last_applied() >= self._frozen_state_index
+            ):
                 self._frozen_state = None
             if self._conf is not None and self._conf.quiet:
                 caught_up = self._frozen_state is None and self.leader is not None
@@ -911,7 +929,7 @@ class RaftNode:
         """Replace our SyncObj by one in ``role``; answer reads from the old state until
         the new one has replayed as far."""
         self._frozen_state = self._consumer.state if self._consumer is not None else None
-        self._frozen_state_index = self.last_applied
+        self._frozen_state_index = self._raw_last_applied()
         self._rebuilding = True  # the watch loop must not take the old tick thread's end
         try:  # for a crash
             old = self._sync
