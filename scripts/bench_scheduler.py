@@ -176,6 +176,16 @@ def background(node: NodeInfo, epoch_no: int) -> tuple[int, int]:
     )
 
 
+def allocated_on(planner: Planner, i: int) -> Resources:
+    """What the planner has placed on its ``i``-th node so far."""
+    node = planner.nodes[i]
+    return Resources(
+        node.capacity.cpu_millicores - planner.free_c[i],
+        node.capacity.memory_bytes - planner.free_m[i],
+        node.capacity.pids - planner.free_p[i],
+    )
+
+
 def jain(values: Sequence[float]) -> float:
     if not values or not any(values):
         return 1.0
@@ -242,11 +252,7 @@ def run(
                 NodeInfo(
                     id=node.id,
                     capacity=node.capacity,
-                    allocated=Resources(
-                        node.capacity.cpu_millicores - planner.free_c[i],
-                        node.capacity.memory_bytes - planner.free_m[i],
-                        node.capacity.pids - planner.free_p[i],
-                    ),
+                    allocated=allocated_on(planner, i),
                     load=Resources(load_c, load_m, 0),
                     zone=node.zone,
                     credit=previous.get(node.id, 0),
@@ -320,11 +326,7 @@ def measure_churn(
             NodeInfo(
                 id=node.id,
                 capacity=node.capacity,
-                allocated=Resources(
-                    node.capacity.cpu_millicores - planner.free_c[i],
-                    node.capacity.memory_bytes - planner.free_m[i],
-                    node.capacity.pids - planner.free_p[i],
-                ),
+                allocated=allocated_on(planner, i),
                 zone=node.zone,
                 labels=node.labels,
             )

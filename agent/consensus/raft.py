@@ -63,6 +63,21 @@ QUIET_ELECTION_TIMEOUT = (6.0, 9.0)
 QUIET_LIMIT = 60.0
 
 
+def _stretchable(name: str, quiet_value: float) -> property:
+    """A ``_Conf`` field that reads ``quiet_value`` while the config is quiet (and not
+    being validated: pysyncobj checks the normal values once, at construction)."""
+
+    def get(conf: _Conf) -> float:
+        if conf.quiet and not conf._validating:
+            return quiet_value
+        return float(conf.__dict__[name])
+
+    def set_(conf: _Conf, value: float) -> None:
+        conf.__dict__[name] = value
+
+    return property(get, set_)
+
+
 class _Conf(SyncObjConf):  # type: ignore[misc]
     """pysyncobj's config with election timeouts that can be stretched for a while.
 
@@ -77,25 +92,8 @@ class _Conf(SyncObjConf):  # type: ignore[misc]
         self._validating = False
         super().__init__(**kwargs)
 
-    @property
-    def raftMinTimeout(self) -> float:  # noqa: N802 (pysyncobj's name)
-        if self.quiet and not self._validating:
-            return QUIET_ELECTION_TIMEOUT[0]
-        return float(self._raft_min)
-
-    @raftMinTimeout.setter
-    def raftMinTimeout(self, value: float) -> None:  # noqa: N802
-        self._raft_min = value
-
-    @property
-    def raftMaxTimeout(self) -> float:  # noqa: N802
-        if self.quiet and not self._validating:
-            return QUIET_ELECTION_TIMEOUT[1]
-        return float(self._raft_max)
-
-    @raftMaxTimeout.setter
-    def raftMaxTimeout(self, value: float) -> None:  # noqa: N802
-        self._raft_max = value
+    raftMinTimeout = _stretchable("raftMinTimeout", QUIET_ELECTION_TIMEOUT[0])
+    raftMaxTimeout = _stretchable("raftMaxTimeout", QUIET_ELECTION_TIMEOUT[1])
 
     def validate(self) -> None:
         self._validating = True
@@ -433,9 +431,8 @@ class RaftNode:
         self._nursery: trio.Nursery | None = None
         self._saved_voters: list[str] = []
         self._removed_since: float | None = None
-        self._voter_check_at = 0.0
         self._check_period = membership_check_period
-        self._promotion_check_at = 0.0
+        self._membership_check_at = 0.0
         self._rebuilding = False
         self._conf: _Conf | None = None
         self._quiet_until = 0.0
@@ -878,11 +875,11 @@ class RaftNode:
         We ask at most once a second while something is off, else every
         ``membership_check_period`` seconds."""
         now = trio.current_time()
-        if now < self._promotion_check_at:
+        if now < self._membership_check_at:
             return
         mine = {n.address for n in self._sync.otherNodes}
         listed = self.self_addr in mine
-        self._promotion_check_at = now + (1.0 if listed else self._check_period)
+        self._membership_check_at = now + (1.0 if listed else self._check_period)
         ask = self._ask_order(sorted(mine))
         if not ask:
             return
@@ -899,7 +896,7 @@ class RaftNode:
         missing = sorted(set(voters) - {n.address for n in self._sync.otherNodes})
         if not missing:
             return
-        self._promotion_check_at = now + 1.0
+        self._membership_check_at = now + 1.0
         logger.warning(
             "raft replica %s lists %s but the voters are %s; adding %s",
             self.self_addr,
@@ -931,7 +928,7 @@ class RaftNode:
         self._frozen_state = self._consumer.state if self._consumer is not None else None
         self._frozen_state_index = self._raw_last_applied()
         self._rebuilding = True  # the watch loop must not take the old tick thread's end
-        try:  # for a crash
+        try:
             old = self._sync
             old.destroy()
             with trio.move_on_after(5):
@@ -957,9 +954,9 @@ class RaftNode:
         elections with ever higher terms deposed good leaders (found by the chaos
         soak)."""
         now = trio.current_time()
-        if now < self._voter_check_at:
+        if now < self._membership_check_at:
             return
-        self._voter_check_at = now + (
+        self._membership_check_at = now + (
             1.0 if self._removed_since is not None else self._check_period
         )
         if self.is_leader:
