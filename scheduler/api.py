@@ -151,6 +151,8 @@ class Explanation:
     rejected: Mapping[str, int]
     candidates: tuple[ScoreParts, ...]
     suggestions: tuple[str, ...]
+    #: How a candidate's total is made from its terms, with this config's weights.
+    formula: str = "credit + balance + fit + anti-affinity + headroom"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,17 +173,21 @@ class Explanation:
                     "balance": c.balance,
                     "fit": c.fit,
                     "anti_affinity": c.anti_affinity,
+                    "headroom": c.headroom,
                 }
                 for c in self.candidates
             ],
             "suggestions": list(self.suggestions),
+            "formula": self.formula,
             "text": str(self),
         }
 
     def __str__(self) -> str:
         lines = []
         if self.node_id is not None:
-            how = "a seeded sample of them" if self.sampled else "all of them"
+            how = (
+                "a seeded sample and the least allocated of them" if self.sampled else "all of them"
+            )
             lines.append(
                 f"{self.replica_id} would go on {self.node_id} ({self.strategy}; "
                 f"{self.feasible} of {self.nodes} nodes can take it; scored {how})"
@@ -192,11 +198,11 @@ class Explanation:
             parts = ", ".join(f"{count} {why}" for why, count in self.rejected.items())
             lines.append(f"nodes ruled out: {parts}")
         if self.candidates:
-            lines.append("best candidates (score = credit + balance + fit + anti-affinity):")
+            lines.append(f"best candidates (score = {self.formula}):")
             for c in self.candidates:
                 lines.append(
                     f"  {c.node_id}: {c.total} (credit {c.credit}, balance {c.balance}, "
-                    f"fit {c.fit}, anti-affinity {c.anti_affinity})"
+                    f"fit {c.fit}, anti-affinity {c.anti_affinity}, headroom {c.headroom})"
                 )
         lines.extend(f"hint: {s}" for s in self.suggestions)
         return "\n".join(lines)
@@ -336,4 +342,8 @@ def explain(
         rejected=rejected,
         candidates=tuple(scored),
         suggestions=tuple(suggestions),
+        formula=(
+            f"{config.credit_weight}*credit + {config.balance_weight}*balance + "
+            f"{config.fit_weight}*fit + anti-affinity + headroom"
+        ),
     )

@@ -18,9 +18,9 @@ class SchedulerConfig:
 
     #: Weight of the node's credit balance (divided by its steady full-spare balance,
     #: cap_cpu * 2**decay_shift, and clamped to +-1000).
-    #: 0 gives the credit-free scorer ("mycelial-nocredit"). Half the fit weight:
-    #: credit is lagged, smoothed headroom and partly repeats what fit already
-    #: sees, so at equal weight it mostly added noise (docs/decisions/034).
+    #: 0 gives the credit-free scorer ("mycelial-nocredit"). A quarter of the fit
+    #: weight: credit is lagged, smoothed headroom and partly repeats what fit
+    #: already sees, so at equal weight it mostly added noise (docs/decisions/034).
     credit_weight: int = 1
     #: Weight of resource balance: 1000 minus the spread between cpu and memory
     #: utilisation after placing (Kubernetes' BalancedAllocation).
@@ -31,16 +31,26 @@ class SchedulerConfig:
     #: (bin-pack, MostAllocated). "After" alone keeps small nodes systematically
     #: emptier (a replica is a bigger step there); "now" alone ignores the
     #: replica's size and strands more at high utilisation (docs/decisions/034).
-    fit_weight: int = 2
+    #: Four times balance and credit: among candidates a few points apart in
+    #: utilisation, a weaker fit let balance choose the fuller node, which spread
+    #: utilisation (docs/decisions/035).
+    fit_weight: int = 4
     pack: bool = False
+    #: Headroom (spread only): a node whose dominant utilisation after placing
+    #: would exceed ``high_water`` (per mille) loses
+    #: ``high_water_weight * excess**2 / 100``: nothing at 90%, 20 at 91%, 500 at
+    #: 95%, 2000 at 100%. A replica fills a node past 90% only when no candidate
+    #: keeps it below, and then the one it fills least (docs/decisions/035).
+    high_water: int = 900
+    high_water_weight: int = 20
     #: Soft anti-affinity: penalty per replica of the same workload already on the
     #: node, and per replica in the node's zone. The node penalty is larger than the
     #: widest swing of all other terms together with the default weights (credit
-    #: 2000 + fit 2000 + balance 1000), so a replica only joins a sibling when no
-    #: sampled node without one has room; the zone penalty is a mild preference (an
-    #: eighth of the fit term's swing: stronger, it narrows the effective sample to
-    #: the emptiest zone and costs balance).
-    node_anti_affinity: int = 8000
+    #: 1000 + balance 1000 + fit 4000 + headroom 2000), so a replica only joins a
+    #: sibling when no sampled node without one has room; the zone penalty is a
+    #: mild preference (stronger, it narrows the effective sample to the emptiest
+    #: zone and costs balance).
+    node_anti_affinity: int = 10000
     zone_anti_affinity: int = 250
 
     #: At most this many nodes, every feasible node is scored; above it, ``sample``
@@ -50,6 +60,14 @@ class SchedulerConfig:
     #: Candidates per decision when sampling; 0 means ``max(2, ceil(log2 n))``
     #: (Nomad's choice), so a workload of m replicas looks at d*m nodes in all.
     sample: int = 0
+    #: When sampling (spread only), this many of the ``sample`` candidates are the
+    #: least allocated feasible nodes, off a lazy heap keyed by dominant
+    #: utilisation (the global view least-loaded has, for O(k log n) a decision);
+    #: the rest are drawn at random (docs/decisions/035).
+    index_candidates: int = 3
+    #: When sampling and the best candidate would end above ``high_water``, draw
+    #: this many times ``sample`` further candidates and choose again among all.
+    second_look: int = 4
 
     #: Credit ledger (see ``scheduler.credits``). Utilisation above this (per mille)
     #: is pressure, and a node owes ``pressure_factor`` times its excess.
@@ -85,6 +103,8 @@ class SchedulerConfig:
                 raise InvalidInputError(
                     f"SchedulerConfig.{f.name} must be an int >= 0, got {value!r}"
                 )
+        if self.high_water > 1000:
+            raise InvalidInputError("SchedulerConfig.high_water is per mille (<= 1000)")
         if self.target_utilisation > 1000:
             raise InvalidInputError("SchedulerConfig.target_utilisation is per mille (<= 1000)")
         if self.exchange_rate > 1000:

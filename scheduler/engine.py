@@ -94,6 +94,7 @@ class ScoreParts:
     balance: int
     fit: int
     anti_affinity: int
+    headroom: int = 0
 
 
 class Planner:
@@ -234,6 +235,8 @@ class Planner:
             self.tp[j] = max(self.tp[2 * j], self.tp[2 * j + 1])
 
         self.sample = config.sample or max(2, _ceil_log2(n))
+        #: How many of the ``sample`` candidates come off the least-allocated index.
+        self.indexed = 0
         self.rr_next = stable_hash(seed, "round-robin") % n if n else 0
         self._heap: list[tuple[int, int, int]] = []
         self._heap_key: list[int] = []
@@ -242,14 +245,16 @@ class Planner:
         self._choose: Callable[[PlacementRequest, int], int]
         if strategy in ("mycelial", "mycelial-nocredit"):
             self._choose = self._choose_scored
+            if not config.pack and n > config.sample_threshold:
+                self.indexed = min(config.index_candidates, self.sample - 1)
+                if self.indexed:
+                    self._build_heap(usable_idx)
         elif strategy == "random":
             self._choose = self._choose_random
         elif strategy == "round-robin":
             self._choose = self._choose_round_robin
         elif strategy == "least-loaded":
-            self._heap_key = [self._load_key(i) for i in range(n)]
-            self._heap = [(self._heap_key[i], self.node_hash[i], i) for i in usable_idx]
-            heapq.heapify(self._heap)
+            self._build_heap(usable_idx)
             self._choose = self._choose_least_loaded
         elif strategy == "power-of-two":
             self._choose = self._choose_power_of_two
@@ -257,6 +262,13 @@ class Planner:
             self._bestfit_key = [self._fit_key(i) for i in range(n)]
             self._bestfit = sorted(self._bestfit_key[i] for i in usable_idx)
             self._choose = self._choose_best_fit
+
+    def _build_heap(self, usable_idx: Sequence[int]) -> None:
+        """A lazy min-heap of usable nodes by dominant utilisation (``commit`` pushes
+        a fresh entry; readers skip entries whose key is no longer the node's)."""
+        self._heap_key = [self._load_key(i) for i in range(self.n)]
+        self._heap = [(self._heap_key[i], self.node_hash[i], i) for i in usable_idx]
+        heapq.heapify(self._heap)
 
     def set_credits(self, balances: Mapping[str, int]) -> None:
         """Replace the credit balances (a new epoch) without rebuilding the indexes.
@@ -518,7 +530,9 @@ class Planner:
         cc, cm = self.cap_c[i], self.cap_m[i]
         uc = (cc - self.free_c[i] + rc) * 1000 // cc if cc else 0
         um = (cm - self.free_m[i] + rm) * 1000 // cm if cm else 0
-        mid = (self.dom[i] + self._dominant_after(i, rc, rm, rp)) >> 1
+        after = self._dominant_after(i, rc, rm, rp)
+        mid = (self.dom[i] + after) >> 1
+        headroom = 0 if cfg.pack else self._headroom_penalty(after)
         credit = self.credit_term[i]
         balance = 1000 - abs(uc - um)
         fit = mid if cfg.pack else 1000 - mid
@@ -531,22 +545,39 @@ class Planner:
         if per_zone and z >= 0:
             anti += cfg.zone_anti_affinity * per_zone.get(z, 0)
         total = (
-            cfg.credit_weight * credit + cfg.balance_weight * balance + cfg.fit_weight * fit - anti
+            cfg.credit_weight * credit
+            + cfg.balance_weight * balance
+            + cfg.fit_weight * fit
+            - anti
+            - headroom
         )
-        return ScoreParts(self.ids[i], total, credit, balance, fit, -anti)
+        return ScoreParts(self.ids[i], total, credit, balance, fit, -anti, -headroom)
 
-    def _best_scored(self, request: PlacementRequest, candidates: Sequence[int], rh: int) -> int:
+    def _headroom_penalty(self, after: int) -> int:
+        """What filling a node to ``after`` per mille costs above the high-water mark."""
+        excess = after - self.config.high_water
+        return self.config.high_water_weight * excess * excess // 100 if excess > 0 else 0
+
+    def _best_scored(
+        self,
+        request: PlacementRequest,
+        candidates: Sequence[int],
+        rh: int,
+        best: int = -1,
+        best_total: int = 0,
+    ) -> tuple[int, int]:
+        """The best of ``candidates`` (or ``best`` if it scores ``best_total`` and none
+        beats it), and its score."""
         cfg = self.config
         rc, rm, rp = request.resources.as_tuple()
         free_c, free_m, free_p = self.free_c, self.free_m, self.free_p
         cap_c, cap_m, cap_p = self.cap_c, self.cap_m, self.cap_p
         credit_term, dom_now, node_hash = self.credit_term, self.dom, self.node_hash
         wc, wb, wf, pack = cfg.credit_weight, cfg.balance_weight, cfg.fit_weight, cfg.pack
+        high, wh = (1000, 0) if pack else (cfg.high_water, cfg.high_water_weight)
         per_node = self.wl_node.get(request.workload)
         per_zone = self.wl_zone.get(request.workload)
         aa_node, aa_zone, zone_of = cfg.node_anti_affinity, cfg.zone_anti_affinity, self.zone_of
-        best = -1
-        best_total = 0
         for i in candidates:
             cc, cm, cp = cap_c[i], cap_m[i], cap_p[i]
             uc = (cc - free_c[i] + rc) * 1000 // cc if cc else 0
@@ -555,8 +586,10 @@ class Planner:
             dom = uc if uc > um else um
             if up > dom:
                 dom = up
-            dom = (dom_now[i] + dom) >> 1
             total = wb * (1000 - (uc - um if uc > um else um - uc))
+            if dom > high:
+                total -= wh * (dom - high) * (dom - high) // 100
+            dom = (dom_now[i] + dom) >> 1
             total += wf * (dom if pack else 1000 - dom)
             if wc:
                 total += wc * credit_term[i]
@@ -572,15 +605,61 @@ class Planner:
                 or (total == best_total and node_hash[i] ^ rh > node_hash[best] ^ rh)
             ):
                 best, best_total = i, total
-        return best
+        return best, best_total
 
     def _choose_scored(self, request: PlacementRequest, rh: int) -> int:
         spread = self._spread_for(request)
         if self.n <= self.config.sample_threshold:
             candidates = self._all_feasible(request, spread)
-        else:
-            candidates = self._candidates(request, rh, self.sample, spread)
-        return self._best_scored(request, candidates, rh) if candidates else -1
+            return self._best_scored(request, candidates, rh)[0] if candidates else -1
+        # d candidates in all: k least allocated off the index, d - k sampled.
+        candidates = self._candidates(request, rh, self.sample - self.indexed, spread)
+        if self.indexed:
+            candidates.extend(self._least_allocated(request, spread, candidates))
+        if not candidates:
+            return -1
+        best, total = self._best_scored(request, candidates, rh)
+        cfg = self.config
+        if cfg.second_look and not cfg.pack:
+            # A second look, at more nodes, before filling one past the high-water mark.
+            rc, rm, rp = request.resources.as_tuple()
+            if self._dominant_after(best, rc, rm, rp) > cfg.high_water:
+                seen = set(candidates)
+                more = self._candidates(request, mix64(rh), cfg.second_look * self.sample, spread)
+                more = [i for i in more if i not in seen]
+                best = self._best_scored(request, more, rh, best, total)[0]
+        return best
+
+    def _least_allocated(
+        self, request: PlacementRequest, spread: _Spread | None, taken: Sequence[int]
+    ) -> list[int]:
+        """Up to ``index_candidates`` feasible nodes not in ``taken`` of lowest dominant
+        utilisation, popped off the lazy heap and pushed back (at most 16 live
+        entries looked at; stale ones are dropped on the way)."""
+        rc, rm, rp = request.resources.as_tuple()
+        simple = self._simple(request)
+        heap, keys, usable = self._heap, self._heap_key, self.usable
+        free_c, free_m, free_p = self.free_c, self.free_m, self.free_p
+        want = self.config.index_candidates
+        popped: list[tuple[int, int, int]] = []
+        found: list[int] = []
+        while heap and len(popped) < 16 and len(found) < want:
+            entry = heapq.heappop(heap)
+            i = entry[2]
+            if entry[0] != keys[i] or not usable[i]:
+                continue  # stale: the node was updated after this entry was pushed
+            popped.append(entry)
+            if (
+                free_c[i] >= rc
+                and free_m[i] >= rm
+                and free_p[i] >= rp
+                and i not in taken
+                and (simple or self._admissible(i, request, spread))
+            ):
+                found.append(i)
+        for entry in popped:
+            heapq.heappush(heap, entry)
+        return found
 
     def _first_admissible(self, request: PlacementRequest, start: int) -> int:
         accept = (

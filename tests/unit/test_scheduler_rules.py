@@ -316,6 +316,55 @@ def test_sampling_above_the_threshold_still_finds_the_last_free_node() -> None:
         assert d.node_id == "zz-free", strategy
 
 
+def test_headroom_keeps_a_small_node_from_being_filled_when_a_big_one_has_room() -> None:
+    # On the empty 4-core node the 4-core replica's midpoint utilisation is 50%, on
+    # the 16-core node at 60% it is 72.5%: fit alone picks the small node and fills
+    # it to 100%. The headroom term charges that 2000 and sends it to the big one.
+    small = node("small", cpu=4000, mem=8 * GiB)
+    big = node("big", cpu=16000, mem=32 * GiB, allocated=Resources(9600, 19 * GiB, 0))
+    snap = Snapshot(nodes=(small, big))
+    r = req("w-0", cpu=4000, mem=2 * GiB)
+    assert one(snap, r).node_id == "big"
+    off = SchedulerConfig(high_water=1000)
+    assert place(snap, [r], 7, config=off)[0].node_id == "small"
+    e = explain(snap, r, 7)
+    parts = {c.node_id: c for c in e.candidates}
+    assert parts["small"].headroom == -2000 and parts["big"].headroom == 0
+    assert "4*fit + anti-affinity + headroom" in str(e)
+
+
+def test_sampling_also_scores_the_least_allocated_nodes() -> None:
+    # 600 nodes at 75% and one empty: a sample of 2 almost never draws it, the
+    # least-allocated index always offers it.
+    nodes = [node(f"n{i:03}", allocated=Resources(3000, 6 * GiB, 0)) for i in range(600)]
+    nodes.append(node("zz-empty"))
+    snap = Snapshot(nodes=tuple(nodes))
+    cfg = SchedulerConfig(sample_threshold=16, sample=2, second_look=0)
+    with_index = [place(snap, [req("w-0")], s, config=cfg)[0].node_id for s in range(20)]
+    assert with_index == ["zz-empty"] * 20
+    blind = cfg.with_(index_candidates=0)
+    without = [place(snap, [req("w-0")], s, config=blind)[0].node_id for s in range(20)]
+    assert without.count("zz-empty") < 5
+
+
+def test_a_second_look_before_filling_a_node_past_the_high_water_mark() -> None:
+    # 270 nodes where the replica would end at 95%, 30 where it would end at 62%;
+    # no least-allocated index. One sample of 2 misses the roomy nodes about 80%
+    # of the time; the second look (8 more) rarely does.
+    nodes = [node(f"f{i:03}", allocated=Resources(3300, 6 * GiB, 0)) for i in range(270)]
+    nodes += [node(f"r{i:03}", allocated=Resources(2000, 4 * GiB, 0)) for i in range(30)]
+    snap = Snapshot(nodes=tuple(nodes))
+    cfg = SchedulerConfig(sample_threshold=16, sample=2, index_candidates=0)
+    r = req("w-0", cpu=500)
+
+    def roomy(config: SchedulerConfig) -> int:
+        picks = [place(snap, [r], s, config=config)[0].node_id for s in range(100)]
+        return sum(1 for p in picks if p and p.startswith("r"))
+
+    assert roomy(cfg.with_(second_look=0)) < 40
+    assert roomy(cfg) > 45
+
+
 # ---------------------------------------------------------------- tenants
 
 
