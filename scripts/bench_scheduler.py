@@ -715,7 +715,8 @@ def goal_check(results: Sequence[Result]) -> None:
             parts.append(
                 f"max/mean {r.max_mean:.3f} vs least-loaded {ll.max_mean:.3f} ({mm:+.1%}: "
                 f"{'met' if mm <= 0.10 else 'MISSED'}), CV {r.cv:.3f} vs {ll.cv:.3f} "
-                f"({cv:+.1%}: {'met' if cv <= 0.10 else 'MISSED'})"
+                f"({cv:+.1%}: {'met' if cv <= 0.10 else 'MISSED'}; standard deviation "
+                f"{100 * r.cv * r.mean_util:.1f} vs {100 * ll.cv * ll.mean_util:.1f} points)"
             )
         bf = by_key.get((s, "best-fit"))
         if bf is not None and s.util >= 0.95:
