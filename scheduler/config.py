@@ -26,14 +26,13 @@ class SchedulerConfig:
     #: utilisation after placing (Kubernetes' BalancedAllocation).
     balance_weight: int = 1
     #: Weight of the fit term: with ``pack=False`` 1000 minus the node's dominant
-    #: utilisation at the midpoint of the placement, (now + after placing) / 2
-    #: (spread, LeastAllocated); with ``pack=True`` that utilisation itself
-    #: (bin-pack, MostAllocated). "After" alone keeps small nodes systematically
-    #: emptier (a replica is a bigger step there); "now" alone ignores the
-    #: replica's size and strands more at high utilisation (docs/decisions/034).
-    #: Four times balance and credit: among candidates a few points apart in
-    #: utilisation, a weaker fit let balance choose the fuller node, which spread
-    #: utilisation (docs/decisions/035).
+    #: utilisation now (spread, least allocated first); with ``pack=True`` its
+    #: dominant utilisation after placing (bin-pack, MostAllocated). The replica's
+    #: size enters through balance and headroom: fit "after placing" kept small
+    #: nodes systematically emptier (a replica is a bigger step there), and the
+    #: midpoint of decision 034 still did, by half (docs/decisions/035).
+    #: Four times balance and credit: with fit at 2, balance (up to 1000) chose
+    #: between nodes a few points apart and often took the fuller one.
     fit_weight: int = 4
     pack: bool = False
     #: Headroom (spread only): a node whose dominant utilisation after placing

@@ -464,9 +464,16 @@ class Planner:
         )
 
     def _candidates(
-        self, request: PlacementRequest, request_hash: int, want: int, spread: _Spread | None
+        self,
+        request: PlacementRequest,
+        request_hash: int,
+        want: int,
+        spread: _Spread | None,
+        *,
+        fallback: bool = True,
     ) -> list[int]:
-        """Up to ``want`` distinct feasible nodes: sampled, topped up by a pruned scan."""
+        """Up to ``want`` distinct feasible nodes: sampled, topped up by a pruned scan
+        (with ``fallback``) when fewer than two of the sampled ones are feasible."""
         res = request.resources
         rc, rm, rp = res.cpu_millicores, res.memory_bytes, res.pids
         simple = self._simple(request)
@@ -504,7 +511,7 @@ class Planner:
                 and (simple or self._admissible(j, request, spread))
             ):
                 found.append(j)
-        if len(found) >= min(2, want):
+        if len(found) >= min(2, want) or not fallback:
             return found
         sampled = set(found)
         admissible = self._admissible
@@ -531,11 +538,10 @@ class Planner:
         uc = (cc - self.free_c[i] + rc) * 1000 // cc if cc else 0
         um = (cm - self.free_m[i] + rm) * 1000 // cm if cm else 0
         after = self._dominant_after(i, rc, rm, rp)
-        mid = (self.dom[i] + after) >> 1
         headroom = 0 if cfg.pack else self._headroom_penalty(after)
         credit = self.credit_term[i]
         balance = 1000 - abs(uc - um)
-        fit = mid if cfg.pack else 1000 - mid
+        fit = after if cfg.pack else 1000 - self.dom[i]
         anti = 0
         per_node = self.wl_node.get(request.workload)
         if per_node:
@@ -565,9 +571,10 @@ class Planner:
         rh: int,
         best: int = -1,
         best_total: int = 0,
-    ) -> tuple[int, int]:
+        best_after: int = 0,
+    ) -> tuple[int, int, int]:
         """The best of ``candidates`` (or ``best`` if it scores ``best_total`` and none
-        beats it), and its score."""
+        beats it), its score, and its dominant utilisation after placing."""
         cfg = self.config
         rc, rm, rp = request.resources.as_tuple()
         free_c, free_m, free_p = self.free_c, self.free_m, self.free_p
@@ -589,8 +596,7 @@ class Planner:
             total = wb * (1000 - (uc - um if uc > um else um - uc))
             if dom > high:
                 total -= wh * (dom - high) * (dom - high) // 100
-            dom = (dom_now[i] + dom) >> 1
-            total += wf * (dom if pack else 1000 - dom)
+            total += wf * (dom if pack else 1000 - dom_now[i])
             if wc:
                 total += wc * credit_term[i]
             if per_node:
@@ -604,8 +610,8 @@ class Planner:
                 or total > best_total
                 or (total == best_total and node_hash[i] ^ rh > node_hash[best] ^ rh)
             ):
-                best, best_total = i, total
-        return best, best_total
+                best, best_total, best_after = i, total, dom
+        return best, best_total, best_after
 
     def _choose_scored(self, request: PlacementRequest, rh: int) -> int:
         spread = self._spread_for(request)
@@ -618,16 +624,16 @@ class Planner:
             candidates.extend(self._least_allocated(request, spread, candidates))
         if not candidates:
             return -1
-        best, total = self._best_scored(request, candidates, rh)
+        best, total, after = self._best_scored(request, candidates, rh)
         cfg = self.config
-        if cfg.second_look and not cfg.pack:
+        if after > cfg.high_water and cfg.second_look and not cfg.pack:
             # A second look, at more nodes, before filling one past the high-water mark.
-            rc, rm, rp = request.resources.as_tuple()
-            if self._dominant_after(best, rc, rm, rp) > cfg.high_water:
-                seen = set(candidates)
-                more = self._candidates(request, mix64(rh), cfg.second_look * self.sample, spread)
-                more = [i for i in more if i not in seen]
-                best = self._best_scored(request, more, rh, best, total)[0]
+            seen = set(candidates)
+            more = self._candidates(
+                request, mix64(rh), cfg.second_look * self.sample, spread, fallback=False
+            )
+            more = [i for i in more if i not in seen]
+            best = self._best_scored(request, more, rh, best, total, after)[0]
         return best
 
     def _least_allocated(

@@ -317,9 +317,9 @@ def test_sampling_above_the_threshold_still_finds_the_last_free_node() -> None:
 
 
 def test_headroom_keeps_a_small_node_from_being_filled_when_a_big_one_has_room() -> None:
-    # On the empty 4-core node the 4-core replica's midpoint utilisation is 50%, on
-    # the 16-core node at 60% it is 72.5%: fit alone picks the small node and fills
-    # it to 100%. The headroom term charges that 2000 and sends it to the big one.
+    # The empty 4-core node is the least allocated, so fit alone picks it and the
+    # 4-core replica fills it to 100%. The headroom term charges that 2000 and sends
+    # the replica to the 16-core node, which it takes from 60% to 85%.
     small = node("small", cpu=4000, mem=8 * GiB)
     big = node("big", cpu=16000, mem=32 * GiB, allocated=Resources(9600, 19 * GiB, 0))
     snap = Snapshot(nodes=(small, big))
