@@ -264,9 +264,13 @@ def explain(
     if no_room:
         rejected["without room"] = len(no_room)
     feasible = planner.feasible_nodes(request)
-    scored = sorted(
-        (planner.score(i, request) for i in feasible), key=lambda s: (-s.total, s.node_id)
-    )[:top]
+    # Best first, ties in the order the scorer breaks them (the seeded hash).
+    rh = planner.request_hash(request)
+    ranked = sorted(
+        feasible,
+        key=lambda i: (-planner.score(i, request).total, -(planner.node_hash[i] ^ rh)),
+    )
+    scored = [planner.score(i, request) for i in ranked[:top]]
     suggestions: list[str] = []
     if decision.node_id is None:
         rule = decision.rule

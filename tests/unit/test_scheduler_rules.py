@@ -492,6 +492,18 @@ def test_explain_where_and_why() -> None:
     assert e.to_dict()["candidates"][0]["node_id"] == "a"
 
 
+def test_explain_lists_tied_candidates_in_the_order_the_scorer_breaks_ties() -> None:
+    snap = Snapshot(nodes=tuple(node(f"n{i}") for i in range(6)))
+    for seed in range(20):
+        e = explain(snap, req("w-0"), seed)
+        assert len({c.total for c in e.candidates}) == 1
+        assert e.candidates[0].node_id == e.node_id == one_seeded(snap, req("w-0"), seed)
+
+
+def one_seeded(snapshot: Snapshot, request: PlacementRequest, seed: int) -> str | None:
+    return place(snapshot, [request], seed)[0].node_id
+
+
 def test_explain_says_what_would_make_it_fit() -> None:
     snap = Snapshot(nodes=(node("n3", mem=6 * GiB), node("n4", mem=8 * GiB, state="suspect")))
     e = explain(snap, req("w-0", mem=8 * GiB))
