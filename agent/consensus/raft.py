@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import pickle
+import socket
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -208,12 +209,21 @@ class _Replicated(SyncObjConsumer):  # type: ignore[misc]
         return result
 
 
+#: Linux: ``bind(addr, 0)`` without reserving a port; ``connect()`` picks it.
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
 class _BoundTcpConnection(TcpConnection):  # type: ignore[misc]
     """A pysyncobj connection whose outgoing socket leaves from our own address
     (docs/decisions/002: chaos rules on loopback match on source addresses).
 
     ``TcpConnection.connect`` calls ``setSockoptKeepalive`` on the new socket just before
-    ``connect()``; that is the hook."""
+    ``connect()``; that is the hook. The address is bound with IP_BIND_ADDRESS_NO_PORT:
+    a plain ``bind(addr, 0)`` takes its port from the pool ``bind(addr, 0)`` also
+    serves to whoever picks a free port for a Raft listener (``hypha up``, the test
+    clusters), and a replica's outgoing socket once held the very port it had to
+    listen on when it was promoted. ``connect()`` picks from the other half of the
+    ephemeral range."""
 
     source_host: str | None = None
 
@@ -221,6 +231,8 @@ class _BoundTcpConnection(TcpConnection):  # type: ignore[misc]
         super().setSockoptKeepalive()
         sock = getattr(self, "_TcpConnection__socket", None)
         if self.source_host and sock is not None and self.state == CONNECTION_STATE.DISCONNECTED:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
             with contextlib.suppress(OSError):
                 sock.bind((self.source_host, 0))
 
@@ -431,6 +443,8 @@ class RaftNode:
         self._nursery: trio.Nursery | None = None
         self._saved_voters: list[str] = []
         self._removed_since: float | None = None
+        self._unbound_since: float | None = None  # a rebuilt voter not listening yet
+        self._unbound_warned = False
         self._check_period = membership_check_period
         self._membership_check_at = 0.0
         self._rebuilding = False
@@ -653,8 +667,14 @@ class RaftNode:
         prefix = "raft" if role == "voter" else "replica"
         return str(self.data_dir / f"{prefix}.journal"), str(self.data_dir / f"{prefix}.dump")
 
-    def _build(self, role: str, voters: Sequence[str], quiet: bool = False) -> None:
-        """Build the SyncObj on this (the main) thread."""
+    def _build(
+        self, role: str, voters: Sequence[str], quiet: bool = False, retry_bind: bool = False
+    ) -> None:
+        """Build the SyncObj on this (the main) thread.
+
+        At start-up a port we cannot listen on is an error the user must see at once;
+        after a promotion (``retry_bind``) pysyncobj keeps trying every second, since
+        the port may be held for a moment (a socket of ours still closing)."""
         if threading.current_thread() is not threading.main_thread():
             raise ConsensusError(
                 "RaftNode must run on the main thread "
@@ -677,7 +697,7 @@ class RaftNode:
             connectionRetryTime=t.connection_retry_time,
             autoTickPeriod=t.tick_period,
             bindAddress=self.self_addr if role == "voter" else None,
-            maxBindRetries=1,
+            maxBindRetries=0 if retry_bind else 1,
             logCompactionMinEntries=self._log_compaction_entries,
             logCompactionMinTime=300,
             commandsWaitLeader=True,
@@ -841,6 +861,7 @@ class RaftNode:
             await trio.sleep(0.25)
             if self._sync is None or self._rebuilding:
                 continue
+            self._check_listening()
             if self._role == "replica":
                 await self._check_replica()
             else:
@@ -937,10 +958,29 @@ class RaftNode:
             for path in self._files(role):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-            self._build(role, voters, quiet=quiet)
+            self._build(role, voters, quiet=quiet, retry_bind=True)
         finally:
             self._rebuilding = False
         self._emit(EventKind.ROLE_CHANGED, role=role)
+        self._unbound_since = trio.current_time() if role == "voter" else None
+        self._unbound_warned = False
+
+    def _check_listening(self) -> None:
+        """Log while a rebuilt voter cannot listen on its address yet (pysyncobj
+        retries every second)."""
+        if self._unbound_since is None or self._sync is None:
+            return
+        waited = trio.current_time() - self._unbound_since
+        if getattr(self._sync, "_SyncObj__transport").ready:  # noqa: B009 (private name)
+            if waited >= 2.0:
+                logger.info("raft voter %s listens after %.1f s", self.self_addr, waited)
+            self._unbound_since = None
+        elif waited >= 2.0 and not self._unbound_warned:
+            self._unbound_warned = True
+            logger.warning(
+                "raft voter %s cannot listen on its address yet (in use?); retrying",
+                self.self_addr,
+            )
 
     async def _check_voter(self) -> None:
         """A voter that does not lead asks every ``membership_check_period`` seconds

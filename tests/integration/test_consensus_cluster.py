@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -118,6 +119,27 @@ def test_replicas_get_promoted_and_a_dead_voter_is_replaced(cluster: Cluster) ->
     while time.monotonic() < deadline:
         assert back.status()["role"] == "replica", "the old voter promoted itself again"
         time.sleep(0.2)
+
+
+def test_a_promoted_replica_waits_for_its_port_instead_of_dying(cluster: Cluster) -> None:
+    # Found by scripts/test: a replica promoted to voter could not listen on its own
+    # address (a socket still held the port) and its Raft died at once.
+    first = cluster.add(bootstrap=True)
+    cluster.leader()
+    spare, other = (cluster.add(join=[first.addr]) for _ in range(2))
+    host, port = spare.addr.rsplit(":", 1)
+    hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        hold.bind((host, int(port)))  # no SO_REUSEADDR: the listener's bind must fail
+        cluster.set_membership()  # the autopilot promotes both replicas (3 voters)
+        wait_for(lambda: spare.status()["role"] == "voter", 60, "the replica promoted")
+        time.sleep(3)  # three bind attempts, all refused
+        assert spare.alive, "the promoted replica died on a port held for a moment"
+    finally:
+        hold.close()
+    assert cluster.propose(PutWorkload({"name": "late", "replicas": 1}).to_wire())["ok"]
+    wait_for(lambda: workload_on(spare, "late"), 20, "a new write on the promoted voter")
+    assert spare.addr in voters_of(cluster.leader()) and other.alive
 
 
 def test_leader_sigkill_elects_a_new_leader_that_commits(cluster: Cluster) -> None:
