@@ -639,14 +639,14 @@ class Planner:
     def _least_allocated(
         self, request: PlacementRequest, spread: _Spread | None, taken: Sequence[int]
     ) -> list[int]:
-        """Up to ``index_candidates`` feasible nodes not in ``taken`` of lowest dominant
+        """Up to ``self.indexed`` feasible nodes not in ``taken`` of lowest dominant
         utilisation, popped off the lazy heap and pushed back (at most 16 live
         entries looked at; stale ones are dropped on the way)."""
         rc, rm, rp = request.resources.as_tuple()
         simple = self._simple(request)
         heap, keys, usable = self._heap, self._heap_key, self.usable
         free_c, free_m, free_p = self.free_c, self.free_m, self.free_p
-        want = self.config.index_candidates
+        want = self.indexed
         popped: list[tuple[int, int, int]] = []
         found: list[int] = []
         while heap and len(popped) < 16 and len(found) < want:
