@@ -266,11 +266,9 @@ def explain(
     feasible = planner.feasible_nodes(request)
     # Best first, ties in the order the scorer breaks them (the seeded hash).
     rh = planner.request_hash(request)
-    ranked = sorted(
-        feasible,
-        key=lambda i: (-planner.score(i, request).total, -(planner.node_hash[i] ^ rh)),
-    )
-    scored = [planner.score(i, request) for i in ranked[:top]]
+    parts = {i: planner.score(i, request) for i in feasible}
+    ranked = sorted(feasible, key=lambda i: (-parts[i].total, -(planner.node_hash[i] ^ rh)))
+    scored = [parts[i] for i in ranked[:top]]
     suggestions: list[str] = []
     if decision.node_id is None:
         rule = decision.rule

@@ -594,7 +594,7 @@ class Planner:
             if up > dom:
                 dom = up
             total = wb * (1000 - (uc - um if uc > um else um - uc))
-            if dom > high:
+            if dom > high:  # _headroom_penalty, inlined on the hot path
                 total -= wh * (dom - high) * (dom - high) // 100
             total += wf * (dom if pack else 1000 - dom_now[i])
             if wc:
@@ -621,7 +621,7 @@ class Planner:
         # d candidates in all: k least allocated off the index, d - k sampled.
         candidates = self._candidates(request, rh, self.sample - self.indexed, spread)
         if self.indexed:
-            candidates.extend(self._least_allocated(request, spread, candidates))
+            candidates.extend(self._least_allocated(request, spread, self.indexed, 16, candidates))
         if not candidates:
             return -1
         best, total, after = self._best_scored(request, candidates, rh)
@@ -637,19 +637,23 @@ class Planner:
         return best
 
     def _least_allocated(
-        self, request: PlacementRequest, spread: _Spread | None, taken: Sequence[int]
+        self,
+        request: PlacementRequest,
+        spread: _Spread | None,
+        want: int,
+        limit: int,
+        taken: Sequence[int] = (),
     ) -> list[int]:
-        """Up to ``self.indexed`` feasible nodes not in ``taken`` of lowest dominant
-        utilisation, popped off the lazy heap and pushed back (at most 16 live
-        entries looked at; stale ones are dropped on the way)."""
+        """Up to ``want`` feasible nodes not in ``taken``, least allocated first, popped
+        off the lazy heap and pushed back (at most ``limit`` live entries looked at;
+        stale ones are dropped on the way)."""
         rc, rm, rp = request.resources.as_tuple()
         simple = self._simple(request)
         heap, keys, usable = self._heap, self._heap_key, self.usable
         free_c, free_m, free_p = self.free_c, self.free_m, self.free_p
-        want = self.indexed
         popped: list[tuple[int, int, int]] = []
         found: list[int] = []
-        while heap and len(popped) < 16 and len(found) < want:
+        while heap and len(popped) < limit and len(found) < want:
             entry = heapq.heappop(heap)
             i = entry[2]
             if entry[0] != keys[i] or not usable[i]:
@@ -691,32 +695,22 @@ class Planner:
         return min(found, key=lambda i: (self._load_key(i), self.node_hash[i]))
 
     def _choose_least_loaded(self, request: PlacementRequest, rh: int) -> int:
-        """Pop the least-allocated nodes off the heap until one fits (lazy updates)."""
-        rc, rm, rp = request.resources.as_tuple()
+        """The least allocated node that fits, off the lazy heap (64 live entries at
+        most), else the least allocated of a pruned scan."""
         simple = self._simple(request)
         spread = None if simple else self._spread_for(request)
-        heap, keys = self._heap, self._heap_key
-        skipped: list[tuple[int, int, int]] = []
-        chosen = -1
-        while heap and len(skipped) < 64:
-            entry = heapq.heappop(heap)
-            key, _, i = entry
-            if key != keys[i] or not self.usable[i]:
-                continue  # stale: the node was updated after this entry was pushed
-            if self._feasible(i, rc, rm, rp) and (simple or self._admissible(i, request, spread)):
-                chosen = i
-                skipped.append(entry)
-                break
-            skipped.append(entry)
-        for entry in skipped:
-            heapq.heappush(heap, entry)
-        if chosen < 0 and heap:
-            # The least loaded nodes cannot take it: the least loaded of a pruned scan.
-            accept = None if simple else self._acceptor(request, spread)
-            best = self.scan(rh % self.n, (rc, rm, rp), 64, accept)
-            if best:
-                chosen = min(best, key=lambda i: (keys[i], self.node_hash[i]))
-        return chosen
+        found = self._least_allocated(request, spread, 1, 64)
+        if found:
+            return found[0]
+        if not self._heap:
+            return -1
+        # The least loaded nodes cannot take it: the least loaded of a pruned scan.
+        accept = None if simple else self._acceptor(request, spread)
+        best = self.scan(rh % self.n, request.resources.as_tuple(), 64, accept)
+        if not best:
+            return -1
+        keys = self._heap_key
+        return min(best, key=lambda i: (keys[i], self.node_hash[i]))
 
     def _choose_best_fit(self, request: PlacementRequest, rh: int) -> int:
         """The node left with the least free memory (then cpu) that still fits.

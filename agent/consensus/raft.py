@@ -477,10 +477,9 @@ class RaftNode:
         switch happens here, at the first read after that, so a read never sees an
         older state than ``last_applied`` promises (a write acknowledged through this
         agent was once read back missing in the 0.1 s before the watch loop noticed)."""
+        self._release_frozen()
         if self._frozen_state is not None:
-            if self._rebuilding or self._raw_last_applied() < self._frozen_state_index:
-                return self._frozen_state
-            self._frozen_state = None
+            return self._frozen_state
         if self._consumer is None:
             return DesiredState()
         return self._consumer.state
@@ -522,6 +521,15 @@ class RaftNode:
         if self._frozen_state is not None and raw < self._frozen_state_index:
             return self._frozen_state_index
         return raw
+
+    def _release_frozen(self) -> None:
+        """Drop the pre-rebuild copy of the state once the new one has replayed as far."""
+        if (
+            self._frozen_state is not None
+            and not self._rebuilding
+            and self._raw_last_applied() >= self._frozen_state_index
+        ):
+            self._frozen_state = None
 
     def _raw_last_applied(self) -> int:
         return 0 if self._sync is None else int(self._sync.raftLastApplied)
@@ -794,11 +802,7 @@ class RaftNode:
             if not self._sync.tick_thread_alive():
                 raise ConsensusError("raft tick thread died; the agent must restart")
             self._check_leader()
-            if (
-                self._frozen_state is not None
-                and self._raw_last_applied() >= self._frozen_state_index
-            ):
-                self._frozen_state = None
+            self._release_frozen()
             if self._conf is not None and self._conf.quiet:
                 caught_up = self._frozen_state is None and self.leader is not None
                 if caught_up or trio.current_time() > self._quiet_until:
