@@ -48,6 +48,7 @@ import pysyncobj.syncobj
 import trio
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.journal import FileJournal, MemoryJournal
+from pysyncobj.monotonic import monotonic as monotonicTime
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 from pysyncobj.utility import TcpUtility, UtilityException
@@ -334,6 +335,23 @@ def _make_transport(
             super().dropNode(node)
             if voter and on_drop is not None:
                 on_drop(str(node.address))
+
+        def _onTick(self) -> None:  # noqa: N802
+            super()._onTick()
+            # pysyncobj checks a connection's timeout only when its socket has an
+            # event or something is sent on it. A dial whose SYNs are dropped (a
+            # partition) has neither: it waited for the kernel's SYN retries (1, 3, 7,
+            # 15, 31 s apart) and reconnected that long after the path was back (chaos
+            # soak: 3-8 s after a heal). Give a dial up after connectionTimeout, as a
+            # silent connection is; the transport dials again.
+            timeout = self._syncObj.conf.connectionTimeout
+            now = monotonicTime()
+            for conn in list(self._connections.values()):
+                if (
+                    conn.state == CONNECTION_STATE.CONNECTING
+                    and now - conn._TcpConnection__lastReadTime > timeout
+                ):
+                    conn.disconnect()
 
     return _BoundTransport
 
