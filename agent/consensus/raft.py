@@ -866,6 +866,12 @@ class RaftNode:
             await trio.sleep(self._autopilot_interval)
             if self.is_leader_ready:
                 await self._autopilot()
+            elif self._pending_change is not None:
+                # A change belongs to the term that started it. Kept, it made a leader
+                # re-elected later wait (up to 30 s from the old start) for a voter
+                # that had long caught up, and log "did not catch up" (chaos soak).
+                logger.info("raft autopilot drops its pending change: no longer leader")
+                self._pending_change = None
 
     def _check_leader(self) -> None:
         current = (self.leader, self.term, self.is_leader)
