@@ -3,8 +3,11 @@
 The client's writes are recorded as ``Op`` (Jepsen style: invoked, then ok, fail
 or unknown when the answer never came). Each workload is written by one client at
 a time, so its ops form a sequence; the checker walks it keeping every state the
-cluster could be in (an unknown op may or may not have applied) and requires the
-final observed state to be one of them. A write applied twice shows as a version
+cluster could be in and requires the final observed state to be one of them. An
+unknown op may apply at any moment after it was invoked, or never: also after the
+client's later writes, because a write forwarded to the leader can commit after
+the client gave up on it (Jepsen treats such an op's process as crashed, and
+leaves the op open for the rest of the history). A write applied twice shows as a version
 higher than any possible one; a lost write as a state none of the possibilities
 has.
 
@@ -48,18 +51,19 @@ class WorkloadState:
 ABSENT = WorkloadState(exists=False)
 
 
-def _apply(state: WorkloadState, op: Op) -> WorkloadState | None:
-    """The state after ``op`` applies to ``state``, or ``None`` if it cannot apply there."""
-    if op.kind == "create":
+def _apply(state: WorkloadState, kind: OpKind, replicas: int | None) -> WorkloadState | None:
+    """The state after a ``kind`` write of ``replicas`` applies to ``state``, or ``None``
+    if it cannot apply there."""
+    if kind == "create":
         if state.exists:
             return None
-        return WorkloadState(True, op.replicas or 0, 1)
+        return WorkloadState(True, replicas or 0, 1)
     if not state.exists:
         return None
-    if op.kind == "scale":
-        if state.replicas == op.replicas:
+    if kind == "scale":
+        if state.replicas == replicas:
             return state  # no change, no new version (as the state machine does)
-        return WorkloadState(True, op.replicas or 0, state.version + 1)
+        return WorkloadState(True, replicas or 0, state.version + 1)
     return ABSENT
 
 
@@ -76,18 +80,49 @@ def impossible_op(ops: Sequence[Op]) -> Op | None:
     return _walk(ops)[1]
 
 
+# The unknown ops not applied yet, as a sorted multiset of (kind, replicas): two open
+# ops that write the same thing are interchangeable, which keeps the walk polynomial.
+_Open = tuple[tuple[OpKind, int], ...]
+
+
 def _walk(ops: Sequence[Op]) -> tuple[set[WorkloadState], Op | None]:
-    states = {ABSENT}
+    configs: set[tuple[WorkloadState, _Open]] = {(ABSENT, ())}
     for op in ops:
-        applied = {s for s in (_apply(state, op) for state in states) if s is not None}
+        configs = _late_applies(configs)
         if op.outcome == "ok":
-            if not applied:
+            configs = {
+                (after, pending)
+                for state, pending in configs
+                if (after := _apply(state, op.kind, op.replicas)) is not None
+            }
+            if not configs:
                 return set(), op
-            states = applied
         elif op.outcome == "unknown":
-            states = states | applied
+            write = (op.kind, op.replicas or 0)
+            configs = {(state, tuple(sorted((*pending, write)))) for state, pending in configs}
         # "fail": the agent answered that it did not apply; the states stay.
-    return states, None
+    return {state for state, _ in _late_applies(configs)}, None
+
+
+def _late_applies(
+    configs: set[tuple[WorkloadState, _Open]],
+) -> set[tuple[WorkloadState, _Open]]:
+    """``configs`` and every configuration reached by applying open unknown ops."""
+    seen = set(configs)
+    frontier = list(configs)
+    while frontier:
+        state, pending = frontier.pop()
+        for k, (kind, replicas) in enumerate(pending):
+            if k and pending[k - 1] == pending[k]:
+                continue  # the same write as the one before: same result
+            after = _apply(state, kind, replicas)
+            if after is None:
+                continue
+            reached = (after, pending[:k] + pending[k + 1 :])
+            if reached not in seen:
+                seen.add(reached)
+                frontier.append(reached)
+    return seen
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,3 +127,32 @@ def test_the_soak_report_shows_the_history_of_a_blamed_workload() -> None:
     text = report.summary()
     assert "history of w:" in text and "history of other" not in text
     assert "delete     fail    via n4: no workload named 'w'" in text
+
+
+def test_an_unknown_write_may_apply_after_the_clients_later_writes() -> None:
+    # The soak's seed-2 case: a delete timed out at the client (its agent was cut
+    # off), the client scaled, and the forwarded delete committed after the scale.
+    ops = [
+        op("create", 3, "ok", 1),
+        op("delete", None, "unknown", 2),
+        op("scale", 5, "ok", 3),
+        op("create", 2, "ok", 4),
+    ]
+    assert check_writes(ops, {"w": WorkloadState(True, 2, 1)}) == []
+    # Without the late delete the create could not have applied at all.
+    (violation,) = check_writes([*ops[:1], *ops[2:]], {"w": WorkloadState(True, 2, 1)})
+    assert "create 2 at +4.0s was acknowledged" in violation.detail
+
+
+def test_an_unknown_write_never_applies_before_it_was_invoked() -> None:
+    ops = [op("create", 3, "ok", 1), op("scale", 5, "ok", 2), op("scale", 3, "unknown", 3)]
+    possible = possible_final_states(ops)
+    assert possible == {WorkloadState(True, 5, 2), WorkloadState(True, 3, 3)}
+
+
+def test_many_open_unknown_writes_stay_cheap() -> None:
+    ops = [op("create", 1, "ok", 0)]
+    ops += [op("scale", 2 + i % 3, "unknown", 1 + i) for i in range(12)]
+    possible = possible_final_states(ops)
+    assert WorkloadState(True, 1, 1) in possible
+    assert all(s.exists and s.version <= 13 for s in possible)
