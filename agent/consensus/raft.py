@@ -130,7 +130,9 @@ class NotLeaderError(ConsensusError):
 class RaftTimings:
     """pysyncobj's timers. ``lan()`` is the default; ``local()`` is for tests on one host.
 
-    * ``append_entries_period``: heartbeat period of the leader.
+    * ``append_entries_period``: heartbeat period of the leader (a write is sent at
+      once, whatever the period). Each heartbeat costs the leader two messages per
+      follower, and an idle agent most of its CPU (docs/decisions/054).
     * ``election_timeout_min/max``: a follower that hears no leader for a random time in
       this range starts an election. Lower re-elects faster; too low and a GIL-starved
       follower unseats a healthy leader (pysyncobj has no pre-vote).
@@ -148,9 +150,9 @@ class RaftTimings:
       lost connection or a bind, and flushes the journal's metadata.
     """
 
-    append_entries_period: float = 0.05
-    election_timeout_min: float = 0.3
-    election_timeout_max: float = 0.9
+    append_entries_period: float = 0.125
+    election_timeout_min: float = 0.4
+    election_timeout_max: float = 0.8
     leader_fallback_timeout: float = 1.5
     connection_timeout: float = 2.0
     connection_retry_time: float = 0.5
