@@ -114,6 +114,9 @@ MIN_PASSWORD_BYTES = 16
 # A voter absent from the voter set for this long rejoins as a replica (see
 # RaftNode._check_voter).
 REMOVED_CONFIRM_AFTER = 2.0
+# A voter missing from a follower's node list is added back after this long (at once if
+# it is the leader; see RaftNode._keep_voters_listed).
+MISSING_CONFIRM_AFTER = 1.0
 META_FILE = "raft-meta.json"
 
 
@@ -371,7 +374,12 @@ def repair_journal(journal: str, dump: str) -> bool:
     return False
 
 
-def _make_transport(source_host: str) -> type[TCPTransport]:
+def _make_transport(
+    source_host: str, on_drop: Callable[[str], None] | None = None
+) -> type[TCPTransport]:
+    """pysyncobj's TCP transport, sending from ``source_host``; ``on_drop(address)`` is
+    called (on the tick thread) when a voter is dropped from the node list."""
+
     class _BoundTransport(TCPTransport):  # type: ignore[misc]
         def addNode(self, node: Any) -> None:  # noqa: N802
             super().addNode(node)
@@ -379,6 +387,12 @@ def _make_transport(source_host: str) -> type[TCPTransport]:
             if conn is not None and type(conn) is TcpConnection:
                 conn.__class__ = _BoundTcpConnection
                 conn.source_host = source_host
+
+        def dropNode(self, node: Any) -> None:  # noqa: N802
+            voter = node in self._nodes
+            super().dropNode(node)
+            if voter and on_drop is not None:
+                on_drop(str(node.address))
 
     return _BoundTransport
 
@@ -502,6 +516,7 @@ class RaftNode:
         self._nursery: trio.Nursery | None = None
         self._saved_voters: list[str] = []
         self._removed_since: float | None = None
+        self._missing_since: float | None = None  # a voter missing from our node list
         self._unbound_since: float | None = None  # a rebuilt voter not listening yet
         self._unbound_warned = False
         self._check_period = membership_check_period
@@ -678,6 +693,11 @@ class RaftNode:
         }
         self._from_tick_thread(lambda: self._emit(EventKind.APPLIED, **data))
 
+    def _on_voter_dropped(self, address: str) -> None:
+        # Tick thread: a membership change (maybe an old one, replayed) dropped a voter
+        # from our node list; check the voter set now rather than in a few seconds.
+        self._membership_check_at = 0.0
+
     def _on_state_changed(self, old: int, new: int) -> None:
         self._from_tick_thread(self._poke.set)
 
@@ -802,7 +822,7 @@ class RaftNode:
             others,
             conf=conf,
             consumers=[consumer],
-            transportClass=_make_transport(self._host),
+            transportClass=_make_transport(self._host, self._on_voter_dropped),
         )
         if not sync.tick_thread_alive():
             raise ConsensusError(
@@ -1023,6 +1043,11 @@ class RaftNode:
             voters,
             missing,
         )
+        await self._add_in_place(missing)
+
+    async def _add_in_place(self, missing: Sequence[str]) -> None:
+        """Add voters to our node list as applying an "add" entry would; replaying that
+        entry later is then a no-op."""
         sync = self._sync
 
         def add() -> None:  # tick thread
@@ -1111,6 +1136,7 @@ class RaftNode:
             return
         if self.self_addr in voters:
             self._removed_since = None
+            await self._keep_voters_listed(voters, now)
             return
         if self._removed_since is None:
             self._removed_since = now
@@ -1124,6 +1150,42 @@ class RaftNode:
             voters,
         )
         await self._rebuild("replica", voters)
+
+    async def _keep_voters_listed(self, voters: Sequence[str], now: float) -> None:
+        """A follower keeps every voter in its node list (decision 043).
+
+        A voter promoted from replica starts with an empty log and replays the whole
+        history from the leader; pysyncobj applies each membership entry as it arrives,
+        so an old "remove" of the node that leads today (removed once, added back and
+        elected since) drops the connection the rest of the log comes through, and the
+        leader's reconnects are refused as coming from an unknown node. The later "add"
+        never arrives: the new voter stalled until the next leader change (chaos soak,
+        seed 2). So a voter missing from our list is added back in place: at once if
+        it is the leader we follow, else once two answers a second apart agree (an
+        "add" still in flight to us is not yet missing). Extra nodes are left for the
+        log to remove."""
+        mine = {n.address for n in self._sync.otherNodes}
+        missing = sorted(set(voters) - mine - {self.self_addr})
+        if not missing:
+            self._missing_since = None
+            return
+        self._membership_check_at = now + 1.0
+        urgent = self.leader in missing
+        if not urgent:
+            if self._missing_since is None:
+                self._missing_since = now
+                return
+            if now - self._missing_since < MISSING_CONFIRM_AFTER:
+                return
+        self._missing_since = None
+        logger.warning(
+            "raft voter %s lists %s but the voters are %s; adding %s",
+            self.self_addr,
+            sorted(mine),
+            list(voters),
+            missing,
+        )
+        await self._add_in_place(missing)
 
     # ------------------------------------------------------------- status
 

@@ -474,3 +474,79 @@ def test_a_leader_replaced_while_paused_rejoins_as_a_replica(cluster: Cluster) -
     wait_for(lambda: victim.status()["role"] == "replica", 30, "the replaced leader demoted")
     assert cluster.propose(PutWorkload({"name": "after", "replicas": 1}).to_wire())["ok"]
     wait_for(lambda: workload_on(victim, "after"), 30, "new entries on the demoted voter")
+
+
+def test_a_promoted_voter_replaying_the_removal_of_todays_leader_catches_up(
+    cluster: Cluster, iptables_path: str
+) -> None:
+    """A voter promoted from replica starts with an empty log and replays the history
+    from the leader; pysyncobj applies every membership entry as it arrives. An old
+    "remove" of the node that leads today dropped the new voter's only useful
+    connection, the leader's reconnects were refused, and the later "add" (more than
+    one 64 KiB append batch further) never arrived: the leader logged "did not catch
+    up in 30s" and the add could not commit without the dead voter (chaos soak, seed 2).
+    """
+    nodes = three_voters(cluster)
+    spare = cluster.add(join=[nodes[0].addr])
+    cluster.set_membership()
+    # History: the leader dies and is replaced (the log says "remove victim")...
+    victim = cluster.leader()
+    victim.kill()
+    cluster.set_membership()
+    first_expected = sorted(n.addr for n in [*nodes, spare] if n is not victim)
+    wait_for(lambda: voters_of(cluster.leader()) == first_expected, 60, "the leader replaced")
+    # ... more than one append batch (64 KiB) of entries follows ...
+    pad = "x" * 20_000
+    for i in range(8):
+        assert cluster.propose(
+            PutWorkload({"name": f"pad{i}", "replicas": 1, "pad": pad}).to_wire()
+        )["ok"]
+    # ... it comes back as a replica and is promoted again when a follower dies.
+    victim = cluster.restart(victim.addr)
+    cluster.set_membership()
+    wait_for(lambda: victim.status()["role"] == "replica", 60, "the old leader demoted")
+    leader = cluster.leader()
+    gone = next(n for n in cluster.live() if n is not leader and n is not victim)
+    gone.kill()
+    cluster.set_membership()
+    wait_for(lambda: victim.status()["role"] == "voter", 60, "the old leader promoted again")
+    wait_for(lambda: workload_on(victim, "pad7"), 60, "the old leader caught up")
+    newcomer = cluster.add(join=[victim.addr])
+    cluster.set_membership()
+    wait_for(lambda: workload_on(newcomer, "pad7"), 60, "the newcomer (a replica) caught up")
+    voters = [n for n in cluster.live() if n is not newcomer]
+    wait_for(lambda: voters_of(victim) == sorted(n.addr for n in voters), 60, "three voters again")
+    partition = Partition(iptables_path)
+    try:
+        leader = cluster.leader()
+        other = next(n for n in voters if n is not victim and n is not leader)
+        if leader is victim:
+            other.kill()  # the dead voter the newcomer will replace
+            other = next(n for n in voters if n is not victim and n is not other)
+        # The newcomer hears the cluster through today's leader only: cut from the
+        # other voter, no election it calls can change the leader for it.
+        partition.cut(newcomer.addr, other.addr)
+        if leader is not victim:
+            # Make the old leader lead again: it alone holds the newest entry while
+            # the other voter is paused, so it wins the election once the leader dies.
+            assert other.proc is not None
+            os.kill(other.proc.pid, signal.SIGSTOP)
+            try:
+                tilt = PutWorkload({"name": "tilt", "replicas": 1}).to_wire()
+                assert cluster.propose(tilt)["ok"]
+                leader.kill()
+                for node in (victim, newcomer):
+                    node.set_membership([victim.addr, newcomer.addr], [other.addr])
+            finally:
+                os.kill(other.proc.pid, signal.SIGCONT)
+        cluster.set_membership()
+        wait_for(lambda: cluster.leader() is victim, 60, "the old leader leading again")
+        # The autopilot replaces the dead voter by the newcomer, which replays the
+        # whole history from the old leader, the "remove" of the old leader included.
+        wait_for(lambda: newcomer.status()["role"] == "voter", 60, "the newcomer promoted")
+        result = cluster.propose(PutWorkload({"name": "after", "replicas": 1}).to_wire(), 90)
+        assert result["ok"]
+        wait_for(lambda: workload_on(newcomer, "after"), 60, "the newcomer caught up")
+        assert newcomer.status()["leader"] == victim.addr
+    finally:
+        partition.heal()
