@@ -135,7 +135,8 @@ class RaftTimings:
 
     * ``append_entries_period``: heartbeat period of the leader (a write is sent at
       once, whatever the period). Each heartbeat costs the leader two messages per
-      follower, and an idle agent most of its CPU (docs/decisions/054).
+      follower: most of an idle agent's CPU (docs/decisions/054). pysyncobj needs it
+      below a third of ``election_timeout_min``.
     * ``election_timeout_min/max``: a follower that hears no leader for a random time in
       this range starts an election. Lower re-elects faster; too low and a GIL-starved
       follower unseats a healthy leader (pysyncobj has no pre-vote).
@@ -153,9 +154,9 @@ class RaftTimings:
       lost connection or a bind, and flushes the journal's metadata.
     """
 
-    append_entries_period: float = 0.125
-    election_timeout_min: float = 0.4
-    election_timeout_max: float = 0.8
+    append_entries_period: float = 0.05
+    election_timeout_min: float = 0.3
+    election_timeout_max: float = 0.9
     leader_fallback_timeout: float = 1.5
     connection_timeout: float = 2.0
     connection_retry_time: float = 0.5
