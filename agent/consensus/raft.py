@@ -54,6 +54,7 @@ import pysyncobj.utility
 import trio
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.journal import FileJournal, MemoryJournal
+from pysyncobj.monotonic import monotonic as monotonicTime
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 from pysyncobj.utility import TcpUtility, UtilityException
@@ -394,6 +395,23 @@ def _make_transport(
             super().dropNode(node)
             if voter and on_drop is not None:
                 on_drop(str(node.address))
+
+        def _onTick(self) -> None:  # noqa: N802
+            super()._onTick()
+            # pysyncobj checks a connection's timeout only when its socket has an
+            # event or something is sent on it. A dial whose SYNs are dropped (a
+            # partition) has neither: it waited for the kernel's SYN retries (1, 3, 7,
+            # 15, 31 s apart) and reconnected that long after the path was back (chaos
+            # soak: 3-8 s after a heal). Give a dial up after connectionTimeout, as a
+            # silent connection is; the transport dials again.
+            timeout = self._syncObj.conf.connectionTimeout
+            now = monotonicTime()
+            for conn in list(self._connections.values()):
+                if (
+                    conn.state == CONNECTION_STATE.CONNECTING
+                    and now - conn._TcpConnection__lastReadTime > timeout
+                ):
+                    conn.disconnect()
 
     return _BoundTransport
 
@@ -943,6 +961,12 @@ class RaftNode:
             await trio.sleep(self._autopilot_interval)
             if self.is_leader_ready:
                 await self._autopilot()
+            elif self._pending_change is not None:
+                # A change belongs to the term that started it. Kept, it made a leader
+                # re-elected later wait (up to 30 s from the old start) for a voter
+                # that had long caught up, and log "did not catch up" (chaos soak).
+                logger.info("raft autopilot drops its pending change: no longer leader")
+                self._pending_change = None
 
     def _check_leader(self) -> None:
         current = (self.leader, self.term, self.is_leader)
