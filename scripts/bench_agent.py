@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.localcluster import status_of  # noqa: E402
 from tests.integration.agents import LocalCluster, wait_until  # noqa: E402
 
 
@@ -34,6 +35,15 @@ def all_running(cluster: LocalCluster, name: str, count: int, avoid: str | None 
         and all(r["state"] == "running" for r in rows)
         and (avoid is None or all(r["node"] != avoid for r in rows))
     )
+
+
+def voters_formed(cluster: LocalCluster, size: int) -> bool:
+    """Agent 1 leads, with as many voters as the autopilot will make, none pending."""
+    status = status_of(cluster.agents[0])
+    if status is None or not status.get("leader_ready"):
+        return False
+    want = min(int(status["target_voters"]), size if size % 2 else size - 1)
+    return len(status["voters"]) == want and not status.get("pending_change")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -57,8 +67,11 @@ def bench(
     cluster = LocalCluster(base, size, driver=driver, preset=preset, runtime_path=runtime_path)
     try:
         cluster.start()
-        # Idle first: RSS and CPU of agent 1 over 10 s with nothing to do.
+        # Idle first: RSS and CPU of agent 1 (the Raft leader) over 10 s with nothing to
+        # do, once the cluster has formed: the leader's autopilot promotes replicas to
+        # voters one at a time for a few seconds after the agents answer.
         pid = cluster.agents[0].proc.pid  # type: ignore[union-attr]
+        wait_until(lambda: voters_formed(cluster, size), 60, "the Raft voter set to form")
         time.sleep(3)
         before = cpu_seconds(pid)
         time.sleep(10)

@@ -32,19 +32,25 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import functools
 import gzip
 import json
 import logging
+import math
 import os
 import pickle
 import socket
 import threading
+import time
+import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.encryptor
 import pysyncobj.syncobj
+import pysyncobj.utility
 import trio
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.journal import FileJournal, MemoryJournal
@@ -128,7 +134,10 @@ class NotLeaderError(ConsensusError):
 class RaftTimings:
     """pysyncobj's timers. ``lan()`` is the default; ``local()`` is for tests on one host.
 
-    * ``append_entries_period``: heartbeat period of the leader.
+    * ``append_entries_period``: heartbeat period of the leader (a write is sent at
+      once, whatever the period). Each heartbeat costs the leader two messages per
+      follower: most of an idle agent's CPU (docs/decisions/054). pysyncobj needs it
+      below a third of ``election_timeout_min``.
     * ``election_timeout_min/max``: a follower that hears no leader for a random time in
       this range starts an election. Lower re-elects faster; too low and a GIL-starved
       follower unseats a healthy leader (pysyncobj has no pre-vote).
@@ -138,7 +147,12 @@ class RaftTimings:
     * ``connection_timeout``: a connection with no data for this long is dead.
     * ``connection_retry_time``: pause between dials to a peer (a restarted node waits
       up to this long to be redialled).
-    * ``tick_period``: the tick thread's poll timeout.
+    * ``tick_period``: the tick thread's poll timeout while one of its timers is
+      overdue (e.g. a follower connected to nobody: each tick retries).
+    * ``idle_tick_period``: the longest the tick thread sleeps when nothing is due
+      sooner (docs/decisions/054): it wakes for messages, for the leader's next
+      heartbeat and a voter's election deadline; this bounds how late it retries a
+      lost connection or a bind, and flushes the journal's metadata.
     """
 
     append_entries_period: float = 0.05
@@ -148,6 +162,7 @@ class RaftTimings:
     connection_timeout: float = 2.0
     connection_retry_time: float = 0.5
     tick_period: float = 0.05
+    idle_tick_period: float = 0.25
 
     @classmethod
     def lan(cls) -> RaftTimings:
@@ -160,12 +175,17 @@ class RaftTimings:
         return cls()
 
     def __post_init__(self) -> None:
-        if not 0 < self.append_entries_period < self.election_timeout_min:
-            raise ValueError("append_entries_period must be above 0 and below the election timeout")
+        if not 0 < self.append_entries_period * 3 < self.election_timeout_min:
+            raise ValueError(
+                "append_entries_period must be above 0 and below a third of "
+                "election_timeout_min (pysyncobj refuses less)"
+            )
         if self.election_timeout_max <= self.election_timeout_min:
             raise ValueError("election_timeout_max must exceed election_timeout_min")
         if self.leader_fallback_timeout <= self.election_timeout_max:
             raise ValueError("leader_fallback_timeout must exceed election_timeout_max")
+        if not 0 < self.tick_period <= self.idle_tick_period:
+            raise ValueError("idle_tick_period must be at least tick_period (above 0)")
 
 
 class EventKind(enum.Enum):
@@ -284,6 +304,46 @@ def _create_journal(journal_file: str | None = None) -> Any:
 # The bridge is the only user of pysyncobj in the process; every SyncObj gets the safe
 # journal (pysyncobj looks createJournal up in its own module when it builds one).
 pysyncobj.syncobj.createJournal = _create_journal
+
+# pysyncobj derives the cipher key from the password with PBKDF2 (100,000 rounds,
+# about 20 ms of CPU) for every SyncObj and every TcpUtility: a voter asking who the
+# voters are every few seconds spent 0.6% of a core on it. Derive it once per password
+# (the Fernet object is stateless, so the tick thread and utility threads may share it).
+_derive_encryptor = functools.lru_cache(maxsize=8)(pysyncobj.encryptor.getEncryptor)
+pysyncobj.syncobj.getEncryptor = _derive_encryptor
+pysyncobj.utility.getEncryptor = _derive_encryptor
+
+_LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
+
+
+def _poll_until_due(sync: Any, overdue: float, longest: float) -> None:
+    """Make pysyncobj's tick thread sleep until its next timer, not a fixed period.
+
+    Its loop is: tick, then poll the sockets for ``autoTickPeriod``. A fixed 0.05 s
+    poll woke an idle follower about 40 times a second (20 timeouts and 20
+    heartbeats). Here each poll lasts until what the next tick has to do on time:
+    the leader's next heartbeat, a voter's election deadline, else ``longest``.
+    Messages, proposals and our tick jobs (the pipe notifier) still wake it at once.
+    A timer already past (a follower connected to nobody cannot start an election)
+    gets the old ``overdue`` cadence. Reads pysyncobj 0.3.x private fields."""
+    poller = sync._poller
+    poll = poller.poll
+    ref = weakref.ref(sync)
+
+    def poll_until_due(timeout: float) -> None:
+        owner = ref()
+        if owner is not None:
+            if owner._SyncObj__raftState == _LEADER:
+                due = owner._SyncObj__newAppendEntriesTime
+            elif owner._SyncObj__selfNode is not None:
+                due = owner._SyncObj__raftElectionDeadline
+            else:
+                due = math.inf
+            wait = due - time.monotonic()
+            timeout = overdue if wait <= 0 else min(wait, longest)
+        poll(timeout)
+
+    poller.poll = poll_until_due
 
 
 def repair_journal(journal: str, dump: str) -> bool:
@@ -490,6 +550,7 @@ class RaftNode:
         self._pending_change: dict[str, Any] | None = None
         self._closed = False
         self._poke = trio.Event()
+        self._tick_seen: tuple[Any, ...] = ()  # leader, term, leading, voters: tick thread
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
 
@@ -668,6 +729,26 @@ class RaftNode:
                 job()
             except Exception:  # a bug of ours; keep the tick thread alive, say so
                 logger.exception("raft tick job failed")
+        # Wake the watch loop when the leader, term, role or voter count moved: it
+        # need not poll for a follower's new leader.
+        sync = self._sync
+        if sync is not None:
+            seen = (sync._getLeader(), sync.raftCurrentTerm, sync._isLeader(), len(sync.otherNodes))
+            if seen != self._tick_seen:
+                self._tick_seen = seen
+                self._from_tick_thread(self._poke_watch)
+
+    def _poke_watch(self) -> None:
+        self._poke.set()
+
+    def _queue_tick_job(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on the tick thread, waking it now (it may sleep for
+        ``idle_tick_period``)."""
+        self._tick_jobs.append(job)
+        notifier = getattr(self._sync, "_SyncObj__pipeNotifier", None)
+        if notifier is not None:
+            with contextlib.suppress(OSError):  # a full pipe already wakes it
+                notifier.notify()
 
     async def _on_tick_thread(self, fn: Callable[[], Any], timeout: float = 2.0) -> Any:
         """Run ``fn`` on pysyncobj's tick thread and return its result."""
@@ -681,7 +762,7 @@ class RaftNode:
                 box.append(("err", exc))
             self._from_tick_thread(done.set)
 
-        self._tick_jobs.append(job)
+        self._queue_tick_job(job)
         with trio.move_on_after(timeout):
             await done.wait()
         if not box:
@@ -766,6 +847,7 @@ class RaftNode:
             raise ConsensusError(
                 f"raft could not listen on {self.self_addr} (address in use or not local?)"
             )
+        _poll_until_due(sync, t.tick_period, t.idle_tick_period)
         sync.addOnTickCallback(self._on_tick)
         self._sync, self._consumer, self._role = sync, consumer, role
         self._saved_voters = sorted(voters if role == "replica" else {*voters, self.self_addr})
@@ -829,10 +911,12 @@ class RaftNode:
         """Leader/role changes, the tick thread's health, promotion, status cache."""
         next_status = trio.current_time()
         while True:
-            # pysyncobj pokes us on its own state changes; a follower's new leader is
-            # only seen by polling. 0.1 s: idle agents spent most of their CPU here at
-            # 0.02 s, and a tenth of a second is small next to an election.
-            with trio.move_on_after(0.1):
+            # The tick thread pokes us when the leader, term, role or voters move
+            # (_on_tick), so a steady node only looks once a second (the tick thread's
+            # health, the status cache); while something is settling (no leader, a
+            # leader not ready yet, a promotion catching up, a membership change) it
+            # also polls every 0.1 s as it always did.
+            with trio.move_on_after(0.1 if self._settling() else 1.0):
                 await self._poke.wait()
             self._poke = trio.Event()
             if self._rebuilding:
@@ -856,10 +940,21 @@ class RaftNode:
                 self._save_meta(self._role, voters)
             now = trio.current_time()
             if now >= next_status:
-                # The autopilot (leader) reads it every round; others only for status.
-                next_status = now + (0.2 if self.is_leader else 1.0)
+                # The autopilot reads it while a new voter catches up; else for status.
+                next_status = now + (0.2 if self._pending_change else 1.0)
                 with contextlib.suppress(ConsensusError):
                     self._status_cache = await self._on_tick_thread(self._raw_status, 1.0)
+
+    def _settling(self) -> bool:
+        """Something the watch loop should look at often is under way."""
+        return (
+            self._rebuilding
+            or self.leader is None
+            or (self.is_leader and not self.is_leader_ready)
+            or self._frozen_state is not None
+            or (self._conf is not None and self._conf.quiet)
+            or self._pending_change is not None
+        )
 
     async def _autopilot_loop(self) -> None:
         while True:
@@ -1214,7 +1309,7 @@ class RaftNode:
             else:
                 self._sync.removeNodeFromCluster(address, callback=callback)
 
-        self._tick_jobs.append(job)
+        self._queue_tick_job(job)
         with trio.move_on_after(10):
             await done.wait()
         ok = bool(box) and box[0] == FAIL_REASON.SUCCESS
