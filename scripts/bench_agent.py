@@ -8,6 +8,7 @@ all of its replicas running elsewhere (p50/p99 over the kills); `hypha ps` laten
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -112,7 +113,7 @@ def bench(
             t0 = time.monotonic()
             victim.kill()
             wait_until(
-                lambda v=victim: all_running(cluster, "bench", 10, avoid=v.name),
+                functools.partial(all_running, cluster, "bench", 10, avoid=victim.name),
                 180,
                 "replicas rescheduled",
                 interval=0.05,
