@@ -41,7 +41,6 @@ import os
 import pickle
 import socket
 import threading
-import time
 import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -339,7 +338,7 @@ def _poll_until_due(sync: Any, overdue: float, longest: float) -> None:
                 due = owner._SyncObj__raftElectionDeadline
             else:
                 due = math.inf
-            wait = due - time.monotonic()
+            wait = due - monotonicTime()  # pysyncobj's clock (CLOCK_MONOTONIC_RAW)
             timeout = overdue if wait <= 0 else min(wait, longest)
         poll(timeout)
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import pysyncobj.syncobj
 import pysyncobj.utility
 import pytest
+from pysyncobj.monotonic import monotonic
 
 from agent.consensus.raft import RaftTimings, _derive_encryptor, _poll_until_due
 
@@ -31,7 +31,7 @@ class Sync:
         self._poller = Poller()
         self._SyncObj__raftState = state
         self._SyncObj__selfNode = object() if voter else None
-        due = time.monotonic() + due_in
+        due = monotonic() + due_in  # pysyncobj's clock, as it stores its timers
         self._SyncObj__newAppendEntriesTime = due if state == LEADER else 0.0
         self._SyncObj__raftElectionDeadline = due if state != LEADER else 0.0
 
@@ -59,6 +59,16 @@ def test_an_overdue_timer_keeps_the_old_cadence_rather_than_spinning() -> None:
     # A follower connected to nobody cannot call the election its deadline asks for.
     assert slept(Sync(FOLLOWER, True, -1.0)) == OVERDUE
     assert slept(Sync(LEADER, True, -0.01)) == OVERDUE
+
+
+def test_the_deadline_is_read_on_pysyncobjs_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pysyncobj's timers use CLOCK_MONOTONIC_RAW, which drifts from time.monotonic()
+    # (by 0.25 s after 12 hours on the development VM): mixing the two clocks made
+    # the sleep wrong by that much.
+    monkeypatch.setattr("agent.consensus.raft.monotonicTime", lambda: 1000.0)
+    sync = Sync(FOLLOWER, True, 0.0)
+    sync._SyncObj__raftElectionDeadline = 1000.2
+    assert slept(sync) == pytest.approx(0.2)
 
 
 def test_idle_tick_period_is_checked() -> None:
