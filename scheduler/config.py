@@ -42,6 +42,13 @@ class SchedulerConfig:
     #: keeps it below, and then the one it fills least (docs/decisions/035).
     high_water: int = 900
     high_water_weight: int = 20
+    #: Batch order (mycelial strategies only): within a tenant and priority, decide
+    #: the request with the largest dominant share of the cluster first, then in
+    #: request order (first-fit decreasing; Graham's LPT rule for load balance).
+    #: Large replicas find room while nodes are emptiest, and the small ones that
+    #: come last fill the gaps and level the nodes. ``False`` keeps request order,
+    #: as the baselines (online by definition) always do (docs/decisions/037).
+    largest_first: bool = True
     #: Soft anti-affinity: penalty per replica of the same workload already on the
     #: node, and per replica in the node's zone. The node penalty is larger than the
     #: widest swing of all other terms together with the default weights (credit
@@ -90,9 +97,9 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "pack":
+            if f.name in ("pack", "largest_first"):
                 if not isinstance(value, bool):
-                    raise InvalidInputError("SchedulerConfig.pack must be a bool")
+                    raise InvalidInputError(f"SchedulerConfig.{f.name} must be a bool")
             elif f.name == "max_lost_fraction":
                 if not isinstance(value, int | float) or not 0.0 < value <= 1.0:
                     raise InvalidInputError(

@@ -849,6 +849,15 @@ class Planner:
             self._bestfit_key[i] = new
             insort(self._bestfit, new)
 
+    def _share_of_cluster(self, resources: Resources) -> int:
+        """The dominant share of the usable cluster ``resources`` would take, in
+        parts per billion (how ``largest_first`` orders a batch)."""
+        total = self.total
+        return max(
+            (v * 1_000_000_000 // total[d]) if total[d] else 0
+            for d, v in enumerate(resources.as_tuple())
+        )
+
     def tenant_share(self, tenant: str) -> int:
         """The tenant's dominant share of the usable cluster, in parts per billion."""
         use = self.tenant_use.get(tenant)
@@ -868,6 +877,10 @@ class Planner:
         """Decide ``requests`` (tenant fairness across tenants, priority within one);
         decisions come back in the order of ``requests``.
 
+        Within a tenant and priority the mycelial scorer decides the largest
+        request first (``SchedulerConfig.largest_first``: its dominant share of
+        the cluster, then request order); the baselines keep request order.
+
         With ``clock`` (e.g. ``time.perf_counter``, passed in by a benchmark: the
         library never reads a clock itself), the time of each decision is appended
         to ``latencies``.
@@ -884,7 +897,8 @@ class Planner:
             return decision
 
         seen: set[str] = set()
-        queues: dict[str, list[tuple[int, int]]] = {}
+        queues: dict[str, list[tuple[int, int, int]]] = {}
+        largest_first = self.config.largest_first and self.strategy.startswith("mycelial")
         for pos, request in enumerate(requests):
             if not isinstance(request, PlacementRequest):
                 raise InvalidInputError(
@@ -899,14 +913,15 @@ class Planner:
                 )
                 continue
             seen.add(request.replica_id)
-            queues.setdefault(request.tenant, []).append((-request.priority, pos))
+            size = self._share_of_cluster(request.resources) if largest_first else 0
+            queues.setdefault(request.tenant, []).append((-request.priority, -size, pos))
         for queue in queues.values():
             queue.sort(reverse=True)  # pop() from the end gives the highest priority first
         tenants = self.snapshot.tenants
         if len(queues) == 1:
             for queue in queues.values():
                 while queue:
-                    _, pos = queue.pop()
+                    *_, pos = queue.pop()
                     decisions[pos] = decide(pos)
         else:
             # Weighted fair order (Xen credit style): the tenant furthest below its
@@ -921,7 +936,7 @@ class Planner:
             while heap:
                 _, tenant = heapq.heappop(heap)
                 queue = queues[tenant]
-                _, pos = queue.pop()
+                *_, pos = queue.pop()
                 decisions[pos] = decide(pos)
                 if queue:
                     heapq.heappush(heap, key(tenant))

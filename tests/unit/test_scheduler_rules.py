@@ -402,6 +402,38 @@ def test_priority_orders_requests_within_a_tenant() -> None:
     assert [d.replica_id for d in ds] == ["lo-0", "hi-0", "mid-0"]
 
 
+def _small_then_big() -> tuple[Snapshot, list[PlacementRequest]]:
+    # "a" is empty, "b" has a quarter taken: the small request alone would go to "a"
+    # (least allocated), after which the big one fits nowhere.
+    snap = Snapshot(
+        nodes=(node("a"), node("b", allocated=Resources(1000, 2 * GiB, 10))),
+    )
+    return snap, [req("small-0", cpu=1000, mem=1 * GiB), req("big-0", cpu=4000, mem=4 * GiB)]
+
+
+def test_a_batch_is_decided_largest_first() -> None:
+    snap, requests = _small_then_big()
+    ds = place(snap, requests, 1)
+    assert [(d.replica_id, d.node_id) for d in ds] == [("small-0", "b"), ("big-0", "a")]
+
+
+def test_request_order_strands_the_big_request_that_largest_first_places() -> None:
+    snap, requests = _small_then_big()
+    in_order = SchedulerConfig(largest_first=False)
+    ds = place(snap, requests, 1, config=in_order)
+    assert [(d.replica_id, d.node_id) for d in ds] == [("small-0", "a"), ("big-0", None)]
+    # The baselines are online: least-loaded takes "a" for the small one, as above.
+    ds = place(snap, requests, 1, strategy="least-loaded")
+    assert [(d.replica_id, d.node_id) for d in ds] == [("small-0", "a"), ("big-0", None)]
+
+
+def test_priority_outranks_size() -> None:
+    snap, requests = _small_then_big()
+    requests[0] = req("small-0", cpu=1000, mem=1 * GiB, priority=1)
+    ds = place(snap, requests, 1)
+    assert [(d.replica_id, d.node_id) for d in ds] == [("small-0", "a"), ("big-0", None)]
+
+
 # ---------------------------------------------------------- reschedule
 
 
@@ -530,6 +562,8 @@ def test_bad_input_gets_clear_errors() -> None:
         req("w-0", max_skew=0)
     with pytest.raises(InvalidInputError, match="needs exactly one value"):
         Constraint("disk", "eq", ("a", "b"))
+    with pytest.raises(InvalidInputError, match="largest_first must be a bool"):
+        SchedulerConfig(largest_first=1)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="seed must be an int"):
         place(Snapshot(nodes=()), [], "x")  # type: ignore[arg-type]
 
