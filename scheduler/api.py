@@ -37,7 +37,9 @@ def place(
 
     Requests are decided one at a time, each seeing the ones before it as
     placed. Across tenants the order is weighted-fair (furthest below its share
-    first); within a tenant, higher ``priority`` first, then request order.
+    first); within a tenant, higher ``priority`` first, then, for the mycelial
+    scorer, the largest request first (``SchedulerConfig.largest_first``), then
+    request order.
     """
     return Planner(snapshot, seed, strategy=strategy, config=config).place_batch(list(requests))
 

@@ -849,15 +849,6 @@ class Planner:
             self._bestfit_key[i] = new
             insort(self._bestfit, new)
 
-    def _share_of_cluster(self, resources: Resources) -> int:
-        """The dominant share of the usable cluster ``resources`` would take, in
-        parts per billion (how ``largest_first`` orders a batch)."""
-        total = self.total
-        return max(
-            (v * 1_000_000_000 // total[d]) if total[d] else 0
-            for d, v in enumerate(resources.as_tuple())
-        )
-
     def tenant_share(self, tenant: str) -> int:
         """The tenant's dominant share of the usable cluster, in parts per billion."""
         use = self.tenant_use.get(tenant)
@@ -899,6 +890,7 @@ class Planner:
         seen: set[str] = set()
         queues: dict[str, list[tuple[int, int, int]]] = {}
         largest_first = self.config.largest_first and self.strategy.startswith("mycelial")
+        tc, tm, tp = (t or 1 for t in self.total)
         for pos, request in enumerate(requests):
             if not isinstance(request, PlacementRequest):
                 raise InvalidInputError(
@@ -913,7 +905,14 @@ class Planner:
                 )
                 continue
             seen.add(request.replica_id)
-            size = self._share_of_cluster(request.resources) if largest_first else 0
+            size = 0
+            if largest_first:  # the request's dominant share of the cluster, per billion
+                res = request.resources
+                size = max(
+                    res.cpu_millicores * 1_000_000_000 // tc,
+                    res.memory_bytes * 1_000_000_000 // tm,
+                    res.pids * 1_000_000_000 // tp,
+                )
             queues.setdefault(request.tenant, []).append((-request.priority, -size, pos))
         for queue in queues.values():
             queue.sort(reverse=True)  # pop() from the end gives the highest priority first
