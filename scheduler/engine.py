@@ -52,6 +52,11 @@ STRATEGIES: tuple[str, ...] = (
 _DIMS = ("cpu", "memory", "pids")
 
 
+#: The bucket of the least-allocated index for nodes above 1000 per mille (they fit
+#: nothing: some resource is already over-committed).
+_OVER = 1001
+
+
 def _fmt(dim: int, value: int) -> str:
     if dim == 0:
         return format_cpu(value)
@@ -238,8 +243,12 @@ class Planner:
         #: How many of the ``sample`` candidates come off the least-allocated index.
         self.indexed = 0
         self.rr_next = stable_hash(seed, "round-robin") % n if n else 0
-        self._heap: list[tuple[int, int, int]] = []
-        self._heap_key: list[int] = []
+        # Least-allocated index (decision 038): usable nodes bucketed by dominant
+        # utilisation per mille, each bucket sorted by (node hash, index).
+        self._levels: list[list[tuple[int, int]]] = []
+        self._level_of: list[int] = []
+        self._lowest_level = 0
+        self._indexed_nodes = 0
         self._bestfit: list[tuple[int, int, int, int]] = []
         self._bestfit_key: list[tuple[int, int, int, int]] = []
         self._choose: Callable[[PlacementRequest, int], int]
@@ -248,13 +257,13 @@ class Planner:
             if not config.pack and n > config.sample_threshold:
                 self.indexed = min(config.index_candidates, self.sample - 1)
                 if self.indexed:
-                    self._build_heap(usable_idx)
+                    self._build_levels(usable_idx)
         elif strategy == "random":
             self._choose = self._choose_random
         elif strategy == "round-robin":
             self._choose = self._choose_round_robin
         elif strategy == "least-loaded":
-            self._build_heap(usable_idx)
+            self._build_levels(usable_idx)
             self._choose = self._choose_least_loaded
         elif strategy == "power-of-two":
             self._choose = self._choose_power_of_two
@@ -263,12 +272,21 @@ class Planner:
             self._bestfit = sorted(self._bestfit_key[i] for i in usable_idx)
             self._choose = self._choose_best_fit
 
-    def _build_heap(self, usable_idx: Sequence[int]) -> None:
-        """A lazy min-heap of usable nodes by dominant utilisation (``commit`` pushes
-        a fresh entry; readers skip entries whose key is no longer the node's)."""
-        self._heap_key = [self._load_key(i) for i in range(self.n)]
-        self._heap = [(self._heap_key[i], self.node_hash[i], i) for i in usable_idx]
-        heapq.heapify(self._heap)
+    def _build_levels(self, usable_idx: Sequence[int]) -> None:
+        """Usable nodes in buckets by dominant utilisation (per mille; one bucket
+        above 1000 for over-committed nodes, which fit nothing), each bucket sorted
+        by (node hash, index). Walking the buckets upwards gives the nodes least
+        allocated first, ties in seeded-hash order. A planner only ever adds
+        allocations, so ``commit`` moves a node up and the lowest non-empty bucket
+        only rises."""
+        self._level_of = [min(self._load_key(i), _OVER) for i in range(self.n)]
+        self._levels = [[] for _ in range(_OVER + 1)]
+        for i in usable_idx:
+            self._levels[self._level_of[i]].append((self.node_hash[i], i))
+        for bucket in self._levels:
+            bucket.sort()
+        self._lowest_level = min((self._level_of[i] for i in usable_idx), default=_OVER)
+        self._indexed_nodes = len(usable_idx)
 
     def set_credits(self, balances: Mapping[str, int]) -> None:
         """Replace the credit balances (a new epoch) without rebuilding the indexes.
@@ -644,31 +662,37 @@ class Planner:
         limit: int,
         taken: Sequence[int] = (),
     ) -> list[int]:
-        """Up to ``want`` feasible nodes not in ``taken``, least allocated first, popped
-        off the lazy heap and pushed back (at most ``limit`` live entries looked at;
-        stale ones are dropped on the way)."""
+        """Up to ``want`` feasible nodes not in ``taken``, least allocated first (ties
+        in seeded-hash order), looking at no more than ``limit`` nodes."""
         rc, rm, rp = request.resources.as_tuple()
         simple = self._simple(request)
-        heap, keys, usable = self._heap, self._heap_key, self.usable
+        levels = self._levels
         free_c, free_m, free_p = self.free_c, self.free_m, self.free_p
-        popped: list[tuple[int, int, int]] = []
         found: list[int] = []
-        while heap and len(popped) < limit and len(found) < want:
-            entry = heapq.heappop(heap)
-            i = entry[2]
-            if entry[0] != keys[i] or not usable[i]:
-                continue  # stale: the node was updated after this entry was pushed
-            popped.append(entry)
-            if (
-                free_c[i] >= rc
-                and free_m[i] >= rm
-                and free_p[i] >= rp
-                and i not in taken
-                and (simple or self._admissible(i, request, spread))
-            ):
-                found.append(i)
-        for entry in popped:
-            heapq.heappush(heap, entry)
+        looked = 0
+        limit = min(limit, self._indexed_nodes)
+        if not limit:
+            return found
+        level = self._lowest_level
+        while not levels[level] and level < _OVER:
+            level += 1
+        self._lowest_level = level
+        while level <= _OVER:
+            for _, i in levels[level]:
+                looked += 1
+                if (
+                    free_c[i] >= rc
+                    and free_m[i] >= rm
+                    and free_p[i] >= rp
+                    and i not in taken
+                    and (simple or self._admissible(i, request, spread))
+                ):
+                    found.append(i)
+                    if len(found) >= want:
+                        return found
+                if looked >= limit:
+                    return found
+            level += 1
         return found
 
     def _first_admissible(self, request: PlacementRequest, start: int) -> int:
@@ -702,15 +726,15 @@ class Planner:
         found = self._least_allocated(request, spread, 1, 64)
         if found:
             return found[0]
-        if not self._heap:
+        if not self._indexed_nodes:
             return -1
         # The least loaded nodes cannot take it: the least loaded of a pruned scan.
         accept = None if simple else self._acceptor(request, spread)
         best = self.scan(rh % self.n, request.resources.as_tuple(), 64, accept)
         if not best:
             return -1
-        keys = self._heap_key
-        return min(best, key=lambda i: (keys[i], self.node_hash[i]))
+        dom, node_hash = self.dom, self.node_hash
+        return min(best, key=lambda i: (dom[i], node_hash[i]))
 
     def _choose_best_fit(self, request: PlacementRequest, rh: int) -> int:
         """The node left with the least free memory (then cpu) that still fits.
@@ -836,10 +860,14 @@ class Planner:
             value = node.label(spread.key)
             if value is not None:
                 spread.counts[value] = spread.counts.get(value, 0) + 1
-        if self._heap_key:
-            key = self._load_key(i)
-            self._heap_key[i] = key
-            heapq.heappush(self._heap, (key, self.node_hash[i], i))
+        if self._level_of and self.usable[i]:
+            was, level = self._level_of[i], min(self._load_key(i), _OVER)
+            if level != was:
+                entry = (self.node_hash[i], i)
+                bucket = self._levels[was]
+                del bucket[bisect_left(bucket, entry)]
+                insort(self._levels[level], entry)
+                self._level_of[i] = level
         if self._bestfit_key:
             old = self._bestfit_key[i]
             pos = bisect_left(self._bestfit, old)

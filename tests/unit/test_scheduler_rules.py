@@ -11,6 +11,7 @@ from scheduler import (
     NodeInfo,
     Placement,
     PlacementRequest,
+    Planner,
     ReschedulePaused,
     Resources,
     SchedulerConfig,
@@ -345,6 +346,26 @@ def test_sampling_also_scores_the_least_allocated_nodes() -> None:
     blind = cfg.with_(index_candidates=0)
     without = [place(snap, [req("w-0")], s, config=blind)[0].node_id for s in range(20)]
     assert without.count("zz-empty") < 5
+
+
+def test_the_least_allocated_index_offers_each_node_once_in_order() -> None:
+    # A replica too small to move a node's utilisation by one per mille leaves the
+    # node where it was in the index; it must still be offered once, not twice.
+    snap = Snapshot(
+        nodes=(
+            node("a"),
+            node("b", allocated=Resources(1000, 2 * GiB, 10)),
+            node("c", allocated=Resources(2000, 4 * GiB, 10)),
+            node("full", allocated=Resources(5000, 2 * GiB, 10)),  # over-committed
+        )
+    )
+    planner = Planner(snap, 1, strategy="least-loaded")
+    tiny = req("t-0", cpu=1, mem=1, pids=0)
+    for i in range(3):
+        planner.commit(req(f"t-{i}", cpu=1, mem=1, pids=0), planner.index["a"])
+    offered = planner._least_allocated(tiny, None, want=4, limit=64)
+    assert [planner.ids[i] for i in offered] == ["a", "b", "c"]
+    assert planner._least_allocated(tiny, None, want=4, limit=2) == offered[:2]
 
 
 def test_a_second_look_before_filling_a_node_past_the_high_water_mark() -> None:
