@@ -67,9 +67,9 @@ class SchedulerConfig:
     #: (Nomad's choice), so a workload of m replicas looks at d*m nodes in all.
     sample: int = 0
     #: When sampling (spread only), this many of the ``sample`` candidates are the
-    #: least allocated feasible nodes, off a lazy heap keyed by dominant
-    #: utilisation (the global view least-loaded has, for O(k log n) a decision);
-    #: the rest are drawn at random (docs/decisions/035).
+    #: least allocated feasible nodes, off an index of nodes bucketed by dominant
+    #: utilisation (the global view least-loaded has; docs/decisions/035 and 038);
+    #: the rest are drawn at random.
     index_candidates: int = 3
     #: When sampling and the best candidate would end above ``high_water``, draw
     #: this many times ``sample`` further candidates and choose again among all.
