@@ -313,6 +313,45 @@ pysyncobj.syncobj.getEncryptor = _derive_encryptor
 pysyncobj.utility.getEncryptor = _derive_encryptor
 
 _LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
+_MEMBERSHIP = bytes([2])  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP, an entry's first byte
+
+
+class _BridgeSyncObj(SyncObj):  # type: ignore[misc]
+    """pysyncobj's ``SyncObj``, minus a commit that undoes a later membership change.
+
+    pysyncobj applies a membership entry to the node list when it is appended, and
+    again when it is committed (for entries loaded from the journal at start-up). The
+    second time undoes any later change of the same node appended meanwhile: a
+    replica rebuilt while the leader was adding it received the log in one batch,
+    "remove me" (old) up to "add me" (new, not yet committed), listed itself, then
+    committed the old "remove me" and dropped itself again. It never promoted, and
+    the add could not commit without it: no quorum, for good (decision 045). The node
+    list is the log's membership changes applied in order, so a committed change is
+    applied only if no later entry in the log changes the same node; that later one
+    stands (applied when appended, or when committed after a restart), and a rolled
+    back one is reversed by pysyncobj itself."""
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Any:  # noqa: N802 (pysyncobj's name)
+        index = self.raftLastApplied + 1
+        if command[:1] == _MEMBERSHIP and self._superseded(index, command):
+            logger.debug(
+                "raft skips committed membership entry %d %s: a later entry changes the node",
+                index,
+                pickle.loads(command[1:])[:2],
+            )
+            return None
+        return super()._SyncObj__doApplyCommand(command)
+
+    def _superseded(self, index: int, command: bytes) -> bool:
+        """True if an entry after ``index`` (which holds ``command``) changes the same node."""
+        entries = self._SyncObj__getEntries(index)
+        if not entries or entries[0][0] != command:
+            return False  # not where we expect it: apply as pysyncobj would
+        node_id = pickle.loads(command[1:])[1]
+        return any(
+            entry[0][:1] == _MEMBERSHIP and pickle.loads(entry[0][1:])[1] == node_id
+            for entry in entries[1:]
+        )
 
 
 def _poll_until_due(sync: Any, overdue: float, longest: float) -> None:
@@ -835,7 +874,7 @@ class RaftNode:
         consumer = _Replicated(self._on_applied)
         others = [v for v in voters if v != self.self_addr]
         self_node = self.self_addr if role == "voter" else None
-        sync = SyncObj(
+        sync = _BridgeSyncObj(
             self_node,
             others,
             conf=conf,
