@@ -756,7 +756,9 @@ class RaftNode:
         self._membership_check_at = 0.0
 
     def _on_state_changed(self, old: int, new: int) -> None:
-        self._from_tick_thread(self._poke.set)
+        # Not ``self._poke.set``: bound here on the tick thread, it could be the event
+        # the watch loop has already replaced, and the wake-up would be lost.
+        self._from_tick_thread(self._poke_watch)
 
     def _on_tick(self) -> None:
         # Tick thread: run the jobs the trio side queued (status reads, membership
