@@ -312,13 +312,31 @@ _derive_encryptor = functools.lru_cache(maxsize=8)(pysyncobj.encryptor.getEncryp
 pysyncobj.syncobj.getEncryptor = _derive_encryptor
 pysyncobj.utility.getEncryptor = _derive_encryptor
 
-_LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
+_FOLLOWER, _LEADER = 0, 2  # pysyncobj's _RAFT_STATE
+# Our pre-vote messages, in pysyncobj's message stream (decision 046).
+_PRE_VOTE, _PRE_VOTE_REPLY = "hypha_pre_vote", "hypha_pre_vote_reply"
 _MEMBERSHIP = bytes([2])  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP, an entry's first byte
 
 
 class _BridgeSyncObj(SyncObj):  # type: ignore[misc]
-    """pysyncobj's ``SyncObj``, minus a commit that undoes a later membership change.
+    """pysyncobj's ``SyncObj`` with a pre-vote, minus a commit that undoes a later
+    membership change.
 
+    **Pre-vote** (Raft thesis 9.6; decision 046). pysyncobj calls an election as soon
+    as a voter's election timer runs out, with a higher term, and any higher term it
+    shows the others deposes their leader. A voter cut off from the leader (a
+    partition, a long pause, a GIL-starved tick thread) kept raising its term, and
+    when it came back its term unseated a healthy leader. Here a voter whose timer
+    runs out first asks the others whether they would vote for it at the next term;
+    a voter says yes only if it has not heard from a leader lately (within the
+    shortest election timeout less one heartbeat), is not the leader itself, and the
+    candidate's log is at least as up to date as its own. Only with yeses from a
+    majority (itself included) does the real election, and its new term, happen;
+    otherwise it asks again after another random election timeout. Nothing is
+    written: a pre-vote changes no term and no vote. A voter told of a higher term in
+    a refusal takes that term, as it would from a vote.
+
+    **Membership replay.**
     pysyncobj applies a membership entry to the node list when it is appended, and
     again when it is committed (for entries loaded from the journal at start-up). The
     second time undoes any later change of the same node appended meanwhile: a
@@ -330,6 +348,91 @@ class _BridgeSyncObj(SyncObj):  # type: ignore[misc]
     applied only if no later entry in the log changes the same node; that later one
     stands (applied when appended, or when committed after a restart), and a rolled
     back one is reversed by pysyncobj itself."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Set before pysyncobj's constructor, which may start the tick thread.
+        self._heard_leader_at = -math.inf  # pysyncobj's clock
+        self._pre_vote_term = 0  # the term the pre-vote under way asks for (0: none)
+        self._pre_votes: set[str] = set()
+        self._pre_vote_again_at = 0.0
+        self._pre_vote_won = 0  # the term a won pre-vote lets us stand for
+        super().__init__(*args, **kwargs)
+
+    # ------------------------------------------------------------------ pre-vote
+
+    def _SyncObj__connectedToAnyone(self) -> bool:  # noqa: N802 (pysyncobj's name)
+        """pysyncobj asks this, and only this, when a voter's election timer has run
+        out: False keeps it from calling the election. So it is where the pre-vote
+        runs: True once a majority said it would vote for us at the next term."""
+        if not super()._SyncObj__connectedToAnyone():
+            return False
+        if not self._SyncObj__otherNodes or self._SyncObj__transferInProgress:
+            return True  # alone, or the leader handed over: no one to disturb
+        term = self._SyncObj__raftCurrentTerm + 1
+        if self._pre_vote_won == term:
+            self._pre_vote_won = 0
+            return True
+        now = monotonicTime()
+        if self._pre_vote_term != term or now >= self._pre_vote_again_at:
+            self._pre_vote_term = term
+            self._pre_votes = {self._SyncObj__selfNode.id}
+            self._pre_vote_again_at = now + self._SyncObj__generateRaftTimeout()
+            message = {
+                "type": _PRE_VOTE,
+                "term": term,
+                "last_log_index": self._SyncObj__getCurrentLogIndex(),
+                "last_log_term": self._SyncObj__getCurrentLogTerm(),
+            }
+            for node in self._SyncObj__otherNodes:
+                self._SyncObj__transport.send(node, message)
+        return False
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == _PRE_VOTE:
+            self._answer_pre_vote(node, message)
+            return
+        if kind == _PRE_VOTE_REPLY:
+            self._count_pre_vote(node, message)
+            return
+        if kind == "append_entries" and message["term"] >= self._SyncObj__raftCurrentTerm:
+            self._heard_leader_at = monotonicTime()
+            self._pre_vote_won = 0
+        super()._SyncObj__onMessageReceived(node, message)
+
+    def _answer_pre_vote(self, node: Any, message: Mapping[str, Any]) -> None:
+        if self._SyncObj__selfNode is None:
+            return  # a replica has no vote
+        conf = self._SyncObj__conf
+        lease = conf.raftMinTimeout - conf.appendEntriesPeriod
+        current = self._SyncObj__raftCurrentTerm
+        candidate_log = (message["last_log_term"], message["last_log_index"])
+        own_log = (self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex())
+        granted = (
+            message["term"] > current
+            and self._SyncObj__raftState != _LEADER
+            and monotonicTime() - self._heard_leader_at >= lease
+            and candidate_log >= own_log
+        )
+        reply = {"type": _PRE_VOTE_REPLY, "term": message["term"], "granted": granted}
+        self._SyncObj__transport.send(node, {**reply, "current_term": current})
+
+    def _count_pre_vote(self, node: Any, message: Mapping[str, Any]) -> None:
+        current = self._SyncObj__raftCurrentTerm
+        if message["term"] != self._pre_vote_term or message["term"] != current + 1:
+            return  # an answer to an older round
+        if message["granted"]:
+            self._pre_votes.add(node.id)
+            if len(self._pre_votes) * 2 > len(self._SyncObj__otherNodes) + 1:
+                self._pre_vote_won = self._pre_vote_term
+        elif message.get("current_term", 0) > current:
+            # Behind the others' term: take it (as a vote would), ask again at the next.
+            self._SyncObj__setCurrentTerm(message["current_term"], None)
+            if self._SyncObj__raftState != _FOLLOWER:
+                self._SyncObj__setState(_FOLLOWER)
+            self._pre_vote_term = 0
+
+    # --------------------------------------------------------- membership replay
 
     def _SyncObj__doApplyCommand(self, command: bytes) -> Any:  # noqa: N802 (pysyncobj's name)
         index = self.raftLastApplied + 1

@@ -411,6 +411,10 @@ def test_isolated_leader_steps_down_and_its_term_goes_stale(
             deadline=2,
         )
         assert "result" not in answer  # no majority, no acknowledgement
+        # Its pre-votes go unanswered, so it never raises its term (decision 046):
+        # without them each election timeout raised it, and the higher term deposed
+        # the new leader once the partition healed.
+        assert int(old.status()["term"]) == old_term
     finally:
         partition.heal()
     new = cluster.leader(timeout=30)
@@ -420,6 +424,7 @@ def test_isolated_leader_steps_down_and_its_term_goes_stale(
     assert cluster.propose(stale)["error"] == "stale_term"
     wait_for(lambda: old.status()["leader"] == new.addr, 30, "the old leader following")
     wait_for(lambda: old.request("state")["fingerprint"]["term"] > old_term, 30, "caught up")
+    assert cluster.leader().addr == new.addr  # the healed node deposed nobody
 
 
 def test_a_replica_that_missed_a_voter_change_finds_the_voters(cluster: Cluster) -> None:
