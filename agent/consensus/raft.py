@@ -878,6 +878,10 @@ class RaftNode:
         if sync is not None:
             seen = (sync._getLeader(), sync.raftCurrentTerm, sync._isLeader(), len(sync.otherNodes))
             if seen != self._tick_seen:
+                if self._role == "replica" and seen[3:] != self._tick_seen[3:]:
+                    # Our node list moved (the log added us, maybe): ask the voters
+                    # now, not at the next periodic check up to 3 s away.
+                    self._membership_check_at = 0.0
                 self._tick_seen = seen
                 self._from_tick_thread(self._poke_watch)
 
