@@ -89,10 +89,11 @@ class _Conf(SyncObjConf):  # type: ignore[misc]
     """pysyncobj's config with election timeouts that can be stretched for a while.
 
     A promoted voter with an empty log cannot win an election, but until the leader's
-    first append reaches it, each of its timeouts (0.3-0.9 s) started one with a higher
+    first append reaches it, each of its election timeouts started one with a higher
     term, and every higher term deposed the leader: the chaos soak saw 16 terms in two
-    seconds after a promotion. pysyncobj has no pre-vote; ``quiet`` stands in for it
-    while the new voter catches up. pysyncobj reads these fields at each use."""
+    seconds after a promotion. pysyncobj has no pre-vote; ``quiet`` stood in for one
+    while the new voter catches up, and stays as a second guard beside the bridge's own
+    pre-vote (decision 046). pysyncobj reads these fields at each use."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.quiet = False
@@ -138,8 +139,8 @@ class RaftTimings:
       follower: most of an idle agent's CPU (docs/decisions/054). pysyncobj needs it
       below a third of ``election_timeout_min``.
     * ``election_timeout_min/max``: a follower that hears no leader for a random time in
-      this range starts an election. Lower re-elects faster; too low and a GIL-starved
-      follower unseats a healthy leader (pysyncobj has no pre-vote).
+      this range starts an election (after a pre-vote, decision 046). Lower re-elects
+      faster; too low and GIL-starved followers call pre-votes for nothing.
     * ``leader_fallback_timeout``: a leader that has not heard from a majority for this
       long steps down (pysyncobj's default, 30 s, lets an isolated leader believe in
       itself far too long).
@@ -154,9 +155,9 @@ class RaftTimings:
       lost connection or a bind, and flushes the journal's metadata.
     """
 
-    append_entries_period: float = 0.05
-    election_timeout_min: float = 0.3
-    election_timeout_max: float = 0.9
+    append_entries_period: float = 0.15
+    election_timeout_min: float = 0.5
+    election_timeout_max: float = 1.0
     leader_fallback_timeout: float = 1.5
     connection_timeout: float = 2.0
     connection_retry_time: float = 0.5
