@@ -12,7 +12,7 @@ for this node in the replicated state, with their workload specs) with *actual*
   after an exponential backoff, or reported as exited with its code.
 
 Everything the reconciler needs to remember lives on the containers themselves
-(labels: replica, workload, template hash, restart count), so a restarted agent
+(labels: replica, workload, template hash, restart count, stop grace), so a restarted agent
 picks up exactly where it was (``driver.adopt()``) and stops what it no longer owns.
 A pass runs on every change of the desired state, when a container exits, and
 every ``interval`` seconds regardless. Runtime errors are reported per replica
@@ -45,6 +45,9 @@ LABEL_WORKLOAD = "hypha.workload"
 LABEL_VERSION = "hypha.version"
 LABEL_TEMPLATE = "hypha.template"
 LABEL_RESTARTS = "hypha.restarts"
+LABEL_STOP_GRACE = "hypha.stop_grace"
+# The grace of a container started before its label existed.
+DEFAULT_STOP_GRACE = 10.0
 
 #: A replica that ran this long before exiting starts its restart count afresh.
 HEALTHY_RUN_SECONDS = 30.0
@@ -130,6 +133,7 @@ def container_spec(replica: DesiredReplica, *, node: str, restarts: int) -> runt
         LABEL_VERSION: str(replica.version),
         LABEL_TEMPLATE: template_hash(spec),
         LABEL_RESTARTS: str(restarts),
+        LABEL_STOP_GRACE: f"{spec.stop_grace:g}",
     }
     kwargs: dict[str, Any] = {
         "id": replica.replica_id,
@@ -377,7 +381,13 @@ class Reconciler:
             self._health.pop(watch.replica_id, None)
 
     def _grace_for(self, status: runtime.ContainerStatus) -> float:
-        return 10.0
+        """The stop grace of a container no longer placed here: its workload's, as
+        labelled when it started (the spec may be gone from the state)."""
+        try:
+            grace = float(status.labels.get(LABEL_STOP_GRACE, DEFAULT_STOP_GRACE))
+        except ValueError:
+            return DEFAULT_STOP_GRACE
+        return grace if 0 <= grace <= 3600 else DEFAULT_STOP_GRACE
 
     def _report(
         self, want: DesiredReplica, status: runtime.ContainerStatus, state: str
@@ -432,10 +442,15 @@ class Reconciler:
         limiter = trio.CapacityLimiter(MAX_PARALLEL_ACTIONS)
         removed_then_start = {status_id for status_id in actions.remove}
         async with trio.open_nursery() as nursery:
+            # Stops may take their whole grace: run them beside the loop, so that a
+            # pass (and the replicas it starts) never waits for them. A restarted
+            # agent stopping what it no longer owns held up its new replicas by the
+            # old ones' grace. Each stop pokes the loop when done.
+            stops = self._nursery if self._nursery is not None else nursery
             for status, grace in actions.stop:
                 if status.id not in self._stopping:
                     self._stopping.add(status.id)
-                    nursery.start_soon(self._stop_and_remove, status, grace, limiter)
+                    stops.start_soon(self._stop_and_remove, status, grace, limiter)
             for container_id in actions.remove:
                 if not any(want.replica_id == container_id for want, _ in actions.start):
                     nursery.start_soon(self._remove, container_id, limiter)

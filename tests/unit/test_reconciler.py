@@ -149,3 +149,35 @@ async def test_a_restarted_agent_adopts_and_stops_what_it_no_longer_owns(
     await second.settle()
     assert sorted(host.containers) == ["web-0"]
     assert host.containers["web-0"].pid == pid  # adopted, not restarted
+
+
+async def test_a_slow_stop_does_not_hold_up_a_start(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A restarted agent stops what it no longer owns, each container for up to its
+    grace; the replicas placed on it meanwhile used to wait for every such stop."""
+    harness.desired = {"old-0": replica("old-0", ["ignore-term"], stop_grace=30)}
+    await harness.settle()
+    assert harness.states() == {"old-0": "running"}
+    harness.desired = {}
+    await harness.settle(1)  # the stop has begun and waits out its 30 s grace
+    assert "old-0" in harness.host.containers
+    harness.desired = {"new-0": replica("new-0", ["serve"])}
+    await harness.settle(2)
+    assert harness.states() == {"new-0": "running"}
+    assert "old-0" in harness.host.containers  # still in its grace
+    await harness.settle(30)
+    assert sorted(harness.host.containers) == ["new-0"]
+
+
+async def test_a_container_no_longer_placed_gets_its_workloads_grace(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Its spec may be gone from the state (workload deleted, replica moved away while
+    the agent was down): the grace is read from the container's label."""
+    harness.desired = {"old-0": replica("old-0", ["ignore-term"], stop_grace=2)}
+    await harness.settle()
+    harness.desired = {}
+    harness.reconciler.poke()
+    await trio.sleep(2.5)
+    assert "old-0" not in harness.host.containers  # killed after 2 s, not 10
