@@ -405,7 +405,10 @@ class _BridgeSyncObj(SyncObj):  # type: ignore[misc]
         if self._SyncObj__selfNode is None:
             return  # a replica has no vote
         conf = self._SyncObj__conf
-        lease = conf.raftMinTimeout - conf.appendEntriesPeriod
+        # The unstretched timeout: a voter quiet after its promotion (6-9 s) must
+        # not refuse for that long, or a leader lost just then stays unreplaced.
+        shortest = conf.__dict__.get("raftMinTimeout", conf.raftMinTimeout)
+        lease = shortest - conf.appendEntriesPeriod
         current = self._SyncObj__raftCurrentTerm
         candidate_log = (message["last_log_term"], message["last_log_index"])
         own_log = (self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex())

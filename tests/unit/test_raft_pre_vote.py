@@ -12,7 +12,7 @@ from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import Transport
 
-from agent.consensus.raft import _PRE_VOTE, _PRE_VOTE_REPLY, _BridgeSyncObj
+from agent.consensus.raft import _PRE_VOTE, _PRE_VOTE_REPLY, _BridgeSyncObj, _Conf
 
 ME, A, B = "127.0.0.251:9", "127.0.0.252:9", "127.0.0.253:9"
 FOLLOWER, CANDIDATE, LEADER = 0, 1, 2
@@ -217,5 +217,23 @@ def test_a_voter_alone_needs_no_pre_vote() -> None:
     try:
         time_out(sync)
         assert sync._SyncObj__raftState == LEADER
+    finally:
+        sync.destroy()
+
+
+def test_a_quiet_voter_judges_the_leader_by_the_normal_timeout() -> None:
+    """A voter just promoted is quiet (election timeouts of 6-9 s) while it catches up.
+    Its pre-vote answers must still use the normal timeout, or the other voters could
+    not replace a leader lost in those seconds."""
+    conf = _Conf(autoTick=False, raftMinTimeout=0.3, raftMaxTimeout=0.9, appendEntriesPeriod=0.05)
+    sync = _BridgeSyncObj(ME, [A, B], conf=conf, transportClass=Recorder)
+    try:
+        sync._SyncObj__transport.connect_all()
+        conf.quiet = True
+        assert conf.raftMinTimeout > 1  # stretched
+        heartbeat(sync, B, term(sync))
+        assert not ask(sync, A, term(sync) + 1)["granted"]
+        sync._heard_leader_at -= 1.0  # a second without the leader: long past 0.3 s
+        assert ask(sync, A, term(sync) + 1)["granted"]
     finally:
         sync.destroy()
