@@ -252,7 +252,7 @@ class Reconciler:
                     actions.stop.append((status, grace))
                     if want is not None:
                         reports[rid] = self._report(want, status, "stopping")
-                else:
+                elif status.id not in self._stopping:  # else its stop removes it
                     actions.remove.append(status.id)
 
         for rid, want in desired.items():
@@ -261,6 +261,12 @@ class Reconciler:
                 want.spec
             ):
                 continue  # being replaced: stopped above, started on the next pass
+            if current is None and rid in self._stopping:
+                # Its old container is still being stopped and removed, beside the
+                # loop (the driver may already have dropped it from its list): a
+                # start now would race the removal of the same id.
+                reports[rid] = ReplicaReport(rid, want.workload, "stopping", want.version)
+                continue
             if current is None:
                 failure = self._failures.get(rid)
                 if failure is not None and now < failure.retry_at:

@@ -181,3 +181,55 @@ async def test_a_container_no_longer_placed_gets_its_workloads_grace(
     harness.reconciler.poke()
     await trio.sleep(2.5)
     assert "old-0" not in harness.host.containers  # killed after 2 s, not 10
+
+
+class SlowRemoval(MockDriver):
+    """A removal that takes a second, and a container that leaves ``list()`` as soon
+    as its removal begins (as runc's does): starting the same id meanwhile fails."""
+
+    def __init__(self, host: MockHost) -> None:
+        super().__init__(host, clock=trio.current_time)
+        self.removing: set[str] = set()
+
+    async def remove(self, container_id: str) -> None:
+        self.removing.add(container_id)
+        try:
+            await trio.sleep(1)
+            await super().remove(container_id)
+        finally:
+            self.removing.discard(container_id)
+
+    async def list(self) -> list[Any]:
+        return [c for c in await super().list() if c.id not in self.removing]
+
+
+async def test_a_replaced_container_is_removed_before_its_successor_starts(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A new template stops the old container beside the loop; the next pass must not
+    start the new one while the old one's removal is still under way."""
+    h = Harness()
+    h.driver = SlowRemoval(h.host)
+    h.reconciler.driver = h.driver
+    failed: list[str] = []
+
+    def report(reports: dict[str, ReplicaReport]) -> None:
+        h.reports = reports
+        failed.extend(rid for rid, r in reports.items() if r.state == "failed")
+
+    def started(rid: str, restarts: int, seconds: float, error: str | None) -> None:
+        if error is not None:
+            failed.append(f"{rid}: {error}")
+
+    h.reconciler._on_report = report
+    h.reconciler._on_start = started
+    await nursery.start(h.reconciler.run)
+    h.desired = {"web-0": replica("web-0", ["serve"])}
+    await h.settle()
+    h.desired = {"web-0": replica("web-0", ["serve", "--v2"], version=2)}
+    await h.settle(0.5)  # the old one is stopped; its removal takes a second
+    assert h.driver.removing == {"web-0"}
+    await h.settle(10)  # a pass while it is being removed, then the rest
+    assert not failed  # the start raced the removal: "container exists"
+    assert h.states() == {"web-0": "running"}
+    assert h.host.containers["web-0"].spec.command == ("serve", "--v2")
