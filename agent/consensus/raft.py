@@ -354,9 +354,8 @@ class _BridgeSyncObj(SyncObj):  # type: ignore[misc]
         # Set before pysyncobj's constructor, which may start the tick thread.
         self._heard_leader_at = -math.inf  # pysyncobj's clock
         self._pre_vote_term = 0  # the term the pre-vote under way asks for (0: none)
-        self._pre_votes: set[str] = set()
+        self._pre_votes: set[str] = set()  # who said yes to it, us included
         self._pre_vote_again_at = 0.0
-        self._pre_vote_won = 0  # the term a won pre-vote lets us stand for
         super().__init__(*args, **kwargs)
 
     # ------------------------------------------------------------------ pre-vote
@@ -370,8 +369,8 @@ class _BridgeSyncObj(SyncObj):  # type: ignore[misc]
         if not self._SyncObj__otherNodes or self._SyncObj__transferInProgress:
             return True  # alone, or the leader handed over: no one to disturb
         term = self._SyncObj__raftCurrentTerm + 1
-        if self._pre_vote_won == term:
-            self._pre_vote_won = 0
+        if self._pre_vote_term == term and self._pre_vote_carried():
+            self._pre_vote_term = 0
             return True
         now = monotonicTime()
         if self._pre_vote_term != term or now >= self._pre_vote_again_at:
@@ -398,7 +397,7 @@ class _BridgeSyncObj(SyncObj):  # type: ignore[misc]
             return
         if kind == "append_entries" and message["term"] >= self._SyncObj__raftCurrentTerm:
             self._heard_leader_at = monotonicTime()
-            self._pre_vote_won = 0
+            self._pre_vote_term = 0  # a leader is back: a won pre-vote no longer counts
         super()._SyncObj__onMessageReceived(node, message)
 
     def _answer_pre_vote(self, node: Any, message: Mapping[str, Any]) -> None:
@@ -418,8 +417,13 @@ class _BridgeSyncObj(SyncObj):  # type: ignore[misc]
             and monotonicTime() - self._heard_leader_at >= lease
             and candidate_log >= own_log
         )
-        reply = {"type": _PRE_VOTE_REPLY, "term": message["term"], "granted": granted}
-        self._SyncObj__transport.send(node, {**reply, "current_term": current})
+        reply = {
+            "type": _PRE_VOTE_REPLY,
+            "term": message["term"],
+            "granted": granted,
+            "current_term": current,
+        }
+        self._SyncObj__transport.send(node, reply)
 
     def _count_pre_vote(self, node: Any, message: Mapping[str, Any]) -> None:
         current = self._SyncObj__raftCurrentTerm
@@ -427,14 +431,16 @@ class _BridgeSyncObj(SyncObj):  # type: ignore[misc]
             return  # an answer to an older round
         if message["granted"]:
             self._pre_votes.add(node.id)
-            if len(self._pre_votes) * 2 > len(self._SyncObj__otherNodes) + 1:
-                self._pre_vote_won = self._pre_vote_term
         elif message.get("current_term", 0) > current:
             # Behind the others' term: take it (as a vote would), ask again at the next.
             self._SyncObj__setCurrentTerm(message["current_term"], None)
             if self._SyncObj__raftState != _FOLLOWER:
                 self._SyncObj__setState(_FOLLOWER)
             self._pre_vote_term = 0
+
+    def _pre_vote_carried(self) -> bool:
+        """A majority of the voters, us included, said yes."""
+        return len(self._pre_votes) * 2 > len(self._SyncObj__otherNodes) + 1
 
     # --------------------------------------------------------- membership replay
 

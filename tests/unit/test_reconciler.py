@@ -24,21 +24,28 @@ def replica(
 
 
 class Harness:
-    def __init__(self, host: MockHost | None = None) -> None:
+    def __init__(self, host: MockHost | None = None, driver: MockDriver | None = None) -> None:
         self.host = host or MockHost()
-        self.driver = MockDriver(self.host, clock=trio.current_time)
+        self.driver = driver or MockDriver(self.host, clock=trio.current_time)
         self.desired: dict[str, DesiredReplica] = {}
         self.reports: dict[str, ReplicaReport] = {}
+        self.failures: list[str] = []  # every failed report and failed start seen
         self.reconciler = Reconciler(
             self.driver,
             node="n1",
             desired=lambda: self.desired,
             on_report=self._report,
+            on_start=self._started,
             clock=trio.current_time,
         )
 
     def _report(self, reports: dict[str, ReplicaReport]) -> None:
         self.reports = reports
+        self.failures.extend(rid for rid, r in reports.items() if r.state == "failed")
+
+    def _started(self, rid: str, restarts: int, seconds: float, error: str | None) -> None:
+        if error is not None:
+            self.failures.append(f"{rid}: {error}")
 
     def states(self) -> dict[str, str]:
         return {rid: r.state for rid, r in sorted(self.reports.items())}
@@ -208,28 +215,15 @@ async def test_a_replaced_container_is_removed_before_its_successor_starts(
 ) -> None:
     """A new template stops the old container beside the loop; the next pass must not
     start the new one while the old one's removal is still under way."""
-    h = Harness()
-    h.driver = SlowRemoval(h.host)
-    h.reconciler.driver = h.driver
-    failed: list[str] = []
-
-    def report(reports: dict[str, ReplicaReport]) -> None:
-        h.reports = reports
-        failed.extend(rid for rid, r in reports.items() if r.state == "failed")
-
-    def started(rid: str, restarts: int, seconds: float, error: str | None) -> None:
-        if error is not None:
-            failed.append(f"{rid}: {error}")
-
-    h.reconciler._on_report = report
-    h.reconciler._on_start = started
+    host = MockHost()
+    h = Harness(host, SlowRemoval(host))
     await nursery.start(h.reconciler.run)
     h.desired = {"web-0": replica("web-0", ["serve"])}
     await h.settle()
     h.desired = {"web-0": replica("web-0", ["serve", "--v2"], version=2)}
     await h.settle(0.5)  # the old one is stopped; its removal takes a second
-    assert h.driver.removing == {"web-0"}
+    assert isinstance(h.driver, SlowRemoval) and h.driver.removing == {"web-0"}
     await h.settle(10)  # a pass while it is being removed, then the rest
-    assert not failed  # the start raced the removal: "container exists"
+    assert not h.failures  # the start raced the removal: "container exists"
     assert h.states() == {"web-0": "running"}
     assert h.host.containers["web-0"].spec.command == ("serve", "--v2")
