@@ -40,3 +40,24 @@ hypha_venv() {
   fi
   export PATH="$VENV/bin:$PATH"
 }
+
+# Install the Debian packages named, if any is missing and we can: root, apt-get and
+# dpkg-query present, and HYPHA_NO_APT unset. Otherwise do nothing: what needs a
+# missing package skips with a reason (the demo falls back to plain processes).
+# A failed install is a note, not an error.
+hypha_debs() {
+  [ "$(id -u)" = 0 ] && [ -z "${HYPHA_NO_APT:-}" ] || return 0
+  command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1 || return 0
+  local missing=() pkg
+  for pkg in "$@"; do
+    [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] \
+      || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing Debian packages: ${missing[*]} (HYPHA_NO_APT=1 skips this) ..." >&2
+  if ! { apt-get update -q >/dev/null \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+              "${missing[@]}" >/dev/null; }; then
+    echo "note: could not install ${missing[*]}; what needs them will be skipped" >&2
+  fi
+}
