@@ -76,7 +76,8 @@ def _labels(items: tuple[str, ...]) -> dict[str, str] | None:
 @click.option(
     "--keyring",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Gossip keyring file with rotated keys (mode 0600).",
+    help="Gossip keyring file with rotated keys (mode 0600), one base64 key per line, the "
+    "sealing key first; SIGHUP re-reads it.",
 )
 @click.option(
     "--api-socket",

@@ -10,7 +10,8 @@ with the leader's API address so the API forwards them.
 Shutdown (SIGTERM/SIGINT, or ``Agent.shutdown()``): stop accepting API requests,
 stop this node's containers only with ``stop_on_exit``, leave the gossip cluster,
 close Raft and the driver. A task that crashes takes the whole agent down (the
-nursery re-raises), so it is never half alive.
+nursery re-raises), so it is never half alive. SIGHUP re-reads the gossip keyring
+file (``--keyring``) without a restart.
 """
 
 from __future__ import annotations
@@ -232,11 +233,32 @@ class Agent:
                 nursery.start_soon(serve_api, app, tcp_sock)
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        wanted = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        with trio.open_signal_receiver(*wanted) as signals:
             async for signum in signals:
                 log.info("signal received", extra={"signal": signal.Signals(signum).name})
+                if signum == signal.SIGHUP:
+                    self.reload_keyring()
+                    continue
                 self.shutdown()
                 return
+
+    def reload_keyring(self) -> bool:
+        """Re-read ``--keyring`` into the running gossip service (on SIGHUP): the next
+        datagram is sealed with the file's first key, and every key listed (plus the
+        one derived from the cluster secret) opens. A file that cannot be read changes
+        nothing. Returns whether the keys were replaced."""
+        if self.config.keyring is None or self.gossip is None:
+            log.info("keyring not reloaded: the agent runs without --keyring")
+            return False
+        try:
+            fresh = self._keyring()
+        except SecretError as exc:
+            log.warning("keyring not reloaded", extra={"error": str(exc)})
+            return False
+        self.gossip.keyring.replace(fresh)
+        log.info("keyring reloaded", extra={"keys": len(fresh.keys())})
+        return True
 
     def _tcp_listener(self) -> Any:
         if self.config.api_tcp is not None:
