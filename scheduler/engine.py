@@ -1037,11 +1037,15 @@ class Planner:
                 )
             fitting = free_of_it
         spread = self._spread_for(request)
-        if spread is not None:
-            counts = (
-                ", ".join(f"{d}: {spread.counts.get(d, 0)}" for d in sorted(spread.domains))
-                or "no node has the label"
+        if spread is not None and not spread.domains:
+            how = "--zone" if spread.key == "zone" else f"--label {spread.key}=VALUE"
+            return "spread", (
+                f"{request.workload} spreads over {spread.key} (spread_by), but none of the "
+                f"{len(fitting)} nodes with room{scope} has a {spread.key}: give nodes one "
+                f"(hypha agent {how}) or remove spread_by"
             )
+        if spread is not None:
+            counts = ", ".join(f"{d}: {spread.counts.get(d, 0)}" for d in sorted(spread.domains))
             lowest = spread.minimum()
             starved = sorted(d for d in spread.domains if spread.counts.get(d, 0) == lowest)
             return "spread", (

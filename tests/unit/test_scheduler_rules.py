@@ -257,6 +257,18 @@ def test_spread_with_max_skew_blocks_and_explains() -> None:
     assert all(d.placed for d in ds)
 
 
+def test_spread_over_a_label_no_node_has_says_so() -> None:
+    snap = Snapshot(nodes=(node("n1"), node("n2")))
+    ds = place(snap, [req("w-0", spread_by="zone"), req("w-1", spread_by="rack")], 5)
+    assert [d.node_id for d in ds] == [None, None]
+    assert ds[0].rule == "spread"
+    assert ds[0].reason == (
+        "w spreads over zone (spread_by), but none of the 2 nodes with room has a zone: "
+        "give nodes one (hypha agent --zone) or remove spread_by"
+    )
+    assert ds[1].reason.endswith("(hypha agent --label rack=VALUE) or remove spread_by")
+
+
 def test_spread_counts_existing_placements() -> None:
     snap = Snapshot(
         nodes=(node("a1", zone="a"), node("b1", zone="b")),
