@@ -39,6 +39,23 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def _http_host_port(address: str) -> tuple[str, int]:
+    """``http://HOST:PORT`` -> host and port, or one ``ConfigError`` line saying what is wrong."""
+    expected = "expected http://HOST:PORT"
+    try:
+        parts = urlsplit(address)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError:
+        raise ConfigError(f"--api: {expected} with a port 1..65535, got {address!r}") from None
+    if not parts.hostname:
+        raise ConfigError(f"--api: no host in {address!r}; {expected}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ConfigError(f"--api: {expected} and nothing else, got {address!r}")
+    if port == 0:
+        raise ConfigError(f"--api: {expected} with a port 1..65535, got {address!r}")
+    return parts.hostname, port or 80
+
+
 def path_of(*parts: str) -> str:
     """Join URL path segments, quoting each (names come from users)."""
     return "/" + "/".join(quote(p, safe="") for p in parts)
@@ -60,12 +77,8 @@ class ApiClient:
             self._host = ""
             self._port = 0
         elif address.startswith("http://"):
-            parts = urlsplit(address)
-            if not parts.hostname:
-                raise ConfigError(f"--api: no host in {address!r}")
             self._unix_path = None
-            self._host = parts.hostname
-            self._port = parts.port or 80
+            self._host, self._port = _http_host_port(address)
         else:
             raise ConfigError(f"--api: expected unix:PATH or http://HOST:PORT, got {address!r}")
 

@@ -15,6 +15,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,19 +66,23 @@ _SIZE_UNITS = {
 }
 
 
-def parse_size(text: str | int, *, key: str = "size") -> int:
+def parse_size(text: Any, *, key: str = "size") -> int:
     """Parse ``"512Mi"``, ``"1GiB"``, ``"2G"`` or a plain byte count into bytes."""
+    expected = f"{key}: expected a size like 512Mi or 2GiB, got {text!r}"
     if isinstance(text, bool):
-        raise ConfigError(f"{key}: expected a size like 512Mi or 2GiB, got {text!r}")
+        raise ConfigError(expected)
     if isinstance(text, int):
         if text < 0:
             raise ConfigError(f"{key}: a size cannot be negative, got {text}")
         return text
+    if not isinstance(text, str):  # a float such as 1.5 (bytes?) or a list
+        raise ConfigError(expected + " (a string with a unit, or a whole number of bytes)")
     match = _SIZE_RE.match(text)
     if not match:
-        raise ConfigError(f"{key}: expected a size like 512Mi or 2GiB, got {text!r}")
+        raise ConfigError(expected)
     number, unit = match.groups()
-    return int(float(number) * _SIZE_UNITS[(unit or "").lower()])
+    # Exact arithmetic: float("9" * 400) is inf, and int(inf) raises OverflowError.
+    return int(Fraction(number) * _SIZE_UNITS[(unit or "").lower()])
 
 
 def parse_host_port(text: str, *, key: str, default_port: int | None = None) -> tuple[str, int]:

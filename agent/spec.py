@@ -59,6 +59,7 @@ A file looks like this (every table is optional)::
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -80,6 +81,8 @@ ConstraintOp = Literal["==", "!=", "in", "not_in", "exists", "not_exists"]
 RESTART_MODES: tuple[str, ...] = ("always", "on-failure", "never")
 CONSTRAINT_OPS: tuple[str, ...] = ("==", "!=", "in", "not_in", "exists", "not_exists")
 MAX_REPLICAS = 10_000
+#: More cores than any one machine has: a bound that keeps cpu a plain, finite number.
+MAX_CPU_CORES = 1_000_000
 DEFAULT_CPU_MILLICORES = 100
 DEFAULT_MEMORY_BYTES = 64 * 1024**2
 
@@ -105,6 +108,14 @@ def _as_int(key: str, value: Any, *, minimum: int, maximum: int | None = None) -
     return value
 
 
+def _as_seconds(key: str, value: Any, *, minimum: float, maximum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(key, f"must be a number of seconds, got {value!r}")
+    if not minimum <= value <= maximum:  # also refuses nan, which compares false
+        raise _fail(key, f"must be {minimum:g}..{maximum:g} seconds, got {value!r}")
+    return float(value)
+
+
 def _as_str(key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise _fail(key, f"must be a string, got {value!r}")
@@ -127,18 +138,21 @@ def parse_cpu(value: Any, *, key: str = "resources.cpu") -> int:
     """``"250m"``, ``"0.5"``, ``0.5`` or ``2`` (cores) -> millicores."""
     if isinstance(value, bool):
         raise _fail(key, f"expected cores like 0.5 or millicores like 500m, got {value!r}")
+    expected = f"expected cores like 0.5 or millicores like 500m, got {value!r}"
     if isinstance(value, int | float):
-        millis = round(float(value) * 1000)
+        cores: float = value
     elif isinstance(value, str):
         text = value.strip()
         try:
-            millis = int(text[:-1]) if text.endswith("m") else round(float(text) * 1000)
-        except ValueError:
-            raise _fail(
-                key, f"expected cores like 0.5 or millicores like 500m, got {value!r}"
-            ) from None
+            cores = int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+        except (ValueError, OverflowError):
+            raise _fail(key, expected) from None
     else:
-        raise _fail(key, f"expected cores like 0.5 or millicores like 500m, got {value!r}")
+        raise _fail(key, expected)
+    # float() takes "nan", "inf" and "1e400" (inf): refuse them before round() does.
+    if not math.isfinite(cores) or cores > MAX_CPU_CORES:
+        raise _fail(key, f"must be a finite number of cores up to {MAX_CPU_CORES}, got {value!r}")
+    millis = round(cores * 1000)
     if millis <= 0:
         raise _fail(key, f"must be more than 0, got {value!r}")
     return millis
@@ -212,10 +226,7 @@ class RestartPolicy:
                 raise _fail("restart.max_attempts", "makes no sense with policy = 'never'")
         for key in ("backoff_initial", "backoff_max"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise _fail(
-                    f"restart.{key}", f"must be a positive number of seconds, got {value!r}"
-                )
+            _as_seconds(f"restart.{key}", value, minimum=0.001, maximum=86400)
         if self.backoff_max < self.backoff_initial:
             raise _fail("restart.backoff_max", "must be at least restart.backoff_initial")
 
@@ -405,14 +416,6 @@ class Placement:
 JOB_TYPES: tuple[str, ...] = ("service", "batch", "system")
 #: What a batch job's restart policy is when the file gives none.
 BATCH_DEFAULT_ATTEMPTS = 3
-
-
-def _as_seconds(key: str, value: Any, *, minimum: float, maximum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(key, f"must be a number of seconds, got {value!r}")
-    if not minimum <= value <= maximum:
-        raise _fail(key, f"must be {minimum:g}..{maximum:g} seconds, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,10 +649,7 @@ class WorkloadSpec:
                 "a batch job runs to completion: use 'on-failure' (retry up to max_attempts) "
                 "or 'never'",
             )
-        if isinstance(self.stop_grace, bool) or not isinstance(self.stop_grace, int | float):
-            raise _fail("stop_grace", f"must be a number of seconds, got {self.stop_grace!r}")
-        if not 0 <= self.stop_grace <= 3600:
-            raise _fail("stop_grace", f"must be 0..3600 seconds, got {self.stop_grace}")
+        _as_seconds("stop_grace", self.stop_grace, minimum=0, maximum=3600)
 
     # -- parsing ---------------------------------------------------------------------
     @classmethod
@@ -717,9 +717,16 @@ class WorkloadSpec:
     def load(cls, path: Path) -> WorkloadSpec:
         """Read a ``.toml`` or ``.json`` spec file (others are tried as TOML)."""
         try:
-            text = path.read_text()
+            raw = path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{path}: not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}); "
+                "a spec file is TOML or JSON in UTF-8"
+            ) from None
         return cls.parse_text(text, source=str(path), json_format=path.suffix == ".json")
 
     @classmethod

@@ -293,3 +293,28 @@ async def test_a_follower_answers_a_forwarded_write_once_it_has_applied_it(
     created = await call(ApiClient(f"unix:{path}").post, "/v1/workloads", {"spec": SPEC})
     assert created == {"name": "web", "version": 1}  # the index is not shown to clients
     assert [index for index, _ in follower.waited] == [42]
+
+
+@pytest.mark.parametrize("route", ["/v1/plan", "/v1/workloads", "/v1/workloads/web"])
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"cpu": float("nan")}, "resources.cpu: must be a finite number of cores"),
+        ({"cpu": float("inf")}, "resources.cpu: must be a finite number of cores"),
+        ({"cpu": "1e400"}, "resources.cpu: must be a finite number of cores"),
+        ({"memory": 1.5}, "resources.memory: expected a size like 512Mi"),
+    ],
+)
+async def test_a_spec_with_a_bad_number_is_a_400_not_a_500(
+    nursery: trio.Nursery, tmp_path: Path, route: str, resources: dict[str, Any], message: str
+) -> None:
+    """JSON carries NaN and Infinity (Python's json reads them): the spec refuses them."""
+    path = tmp_path / "api.sock"
+    backend = FakeBackend()
+    backend.workloads["web"] = {"name": "web", "version": 1, "spec": SPEC}
+    await nursery.start(serve_api, ApiApp(backend), unix_listener(path))
+    client = ApiClient(f"unix:{path}")
+    method = client.put if route == "/v1/workloads/web" else client.post
+    with pytest.raises(ApiError, match=message) as info:
+        await call(method, route, {"spec": {**SPEC, "resources": resources}})
+    assert info.value.status == 400

@@ -62,6 +62,24 @@ def test_bad_api_address_is_one_line() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("http://127.0.0.2:99999", "--api: expected http://HOST:PORT with a port 1..65535"),
+        ("http://127.0.0.2:http", "--api: expected http://HOST:PORT with a port 1..65535"),
+        ("http://:8080", "--api: no host in 'http://:8080'"),
+        ("https://127.0.0.1:8080", "--api: expected unix:PATH or http://HOST:PORT"),
+        ("http://127.0.0.1:8080/v1", "--api: expected http://HOST:PORT and nothing else"),
+    ],
+)
+def test_a_bad_api_from_the_environment_is_one_line(address: str, message: str) -> None:
+    result = hypha("ps", env={"HYPHA_API": address})
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"hypha: error: {message}"), lines[0]
+
+
 def test_unknown_command_is_a_usage_error() -> None:
     result = hypha("frobnicate")
     assert result.returncode == 2

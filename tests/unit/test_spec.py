@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.errors import ConfigError
-from agent.spec import Constraint, RestartPolicy, WorkloadSpec, split_replica_id
+from agent.spec import SPEC_FIELDS, Constraint, RestartPolicy, WorkloadSpec, split_replica_id
 
 FULL = """
 name = "web"
@@ -186,3 +189,107 @@ def test_the_example_spec_file_is_valid() -> None:
     root = Path(__file__).resolve().parents[2] / "examples"
     for path in sorted(root.glob("*.toml")):
         WorkloadSpec.load(path)
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"cpu": float("nan")}, "resources.cpu: must be a finite number of cores"),
+        ({"cpu": float("inf")}, "resources.cpu: must be a finite number of cores"),
+        ({"cpu": "1e400"}, "resources.cpu: must be a finite number of cores"),
+        ({"cpu": "nan"}, "resources.cpu: must be a finite number of cores"),
+        ({"cpu": "-infm"}, "resources.cpu: expected cores like 0.5"),
+        ({"memory": 1.5}, "resources.memory: expected a size like 512Mi"),
+        ({"memory": ["64Mi"]}, "resources.memory: expected a size like 512Mi"),
+        ({"memory_bytes": float("nan")}, "resources.memory_bytes: expected a size"),
+    ],
+)
+def test_non_finite_and_mistyped_resources_are_field_errors(
+    resources: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        WorkloadSpec.from_dict({"name": "w", "command": ["x"], "resources": resources})
+    assert message in str(info.value)
+
+
+def test_a_size_too_large_for_a_float_is_still_a_number() -> None:
+    spec = WorkloadSpec.from_dict(
+        {"name": "w", "command": ["x"], "resources": {"memory": "9" * 400 + "Mi"}}
+    )
+    assert spec.resources.memory_bytes == int("9" * 400) * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"restart": {"backoff_initial": float("nan")}}, "restart.backoff_initial: must be"),
+        ({"restart": {"backoff_max": float("inf")}}, "restart.backoff_max: must be"),
+        ({"stop_grace": float("nan")}, "stop_grace: must be 0..3600 seconds"),
+        ({"health": {"tcp": 80, "timeout": float("nan")}}, "health.timeout: must be"),
+        ({"update": {"min_healthy": float("inf")}}, "update.min_healthy: must be"),
+    ],
+)
+def test_non_finite_seconds_are_field_errors(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        WorkloadSpec.from_dict({"name": "w", "command": ["x"], **data})
+    assert message in str(info.value)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("name = 'w'\ncommand = ['caf\u00e9']\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml: not UTF-8 text \(byte 26 is 0xe9\)"):
+        WorkloadSpec.load(path)
+
+
+# Every value TOML or JSON can carry, nested a little: a spec made of them either
+# parses or raises ConfigError, never anything else (a crash is exit 70 in the CLI
+# and HTTP 500 in the API).
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**500), max_value=10**500)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+    | st.sampled_from(["250m", "0.5", "1e400", "nan", "-1", "64Mi", "1.5Gi", "/x", "==", "in"])
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=6,
+)
+_TABLE_FIELDS = {
+    "resources": ("cpu", "cpu_millicores", "memory", "memory_bytes", "pids"),
+    "restart": ("policy", "max_attempts", "backoff_initial", "backoff_max"),
+    "placement": ("spread_by", "max_skew", "distinct_nodes", "priority"),
+    "health": ("command", "tcp", "host", "interval", "timeout", "retries", "start_period"),
+    "update": ("max_parallel", "min_healthy", "healthy_deadline", "auto_revert"),
+    "drain": ("max_unavailable",),
+}
+
+
+@st.composite
+def _specs(draw: st.DrawFn) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": "w", "command": ["x"]}
+    for key in draw(st.lists(st.sampled_from(SPEC_FIELDS), max_size=4)):
+        if key in _TABLE_FIELDS and draw(st.booleans()):
+            keys = st.sampled_from(_TABLE_FIELDS[key])
+            spec[key] = draw(st.dictionaries(keys, _VALUES, max_size=3))
+        elif key == "constraints" and draw(st.booleans()):
+            keys = st.sampled_from(("label", "op", "value", "values"))
+            spec[key] = draw(st.lists(st.dictionaries(keys, _VALUES, max_size=3), max_size=2))
+        else:
+            spec[key] = draw(_VALUES)
+    return spec
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(_specs())
+def test_any_value_in_any_field_parses_or_is_a_config_error(data: dict[str, Any]) -> None:
+    try:
+        spec = WorkloadSpec.from_dict(data)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert WorkloadSpec.from_dict(spec.to_dict()) == spec
