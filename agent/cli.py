@@ -140,6 +140,39 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     sys.exit(code)
 
 
+def usage_message(exc: click.ClickException) -> str:
+    """Click's message on one line, and the command whose ``--help`` explains it."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        message = message.rstrip(".") + f" (see `{ctx.command_path} --help`)"
+    return message
+
+
+class ReplicaCount(click.ParamType):
+    """A replica count, 0..MAX_REPLICAS. Commands that take it positionally also set
+    ``ignore_unknown_options`` so that ``-1`` reaches here rather than being read as
+    an unknown option (click said "No such option '-1'")."""
+
+    name = "count"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from agent.spec import MAX_REPLICAS
+
+        if isinstance(value, int):
+            count = value
+        else:
+            try:
+                count = int(str(value).strip())
+            except ValueError:
+                self.fail(f"the count must be a whole number, got {value!r}", param, ctx)
+        if count < 0:
+            self.fail(f"the count must be >= 0, got {count}", param, ctx)
+        if count > MAX_REPLICAS:
+            self.fail(f"the count must be at most {MAX_REPLICAS}, got {count}", param, ctx)
+        return count
+
+
 def _command_name(args: Sequence[str]) -> str | None:
     """The subcommand in ``args``, skipping global options and their values."""
     takes_value = {"--api", "--token-file"}
@@ -162,10 +195,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         cli.main(args=args, prog_name="hypha", standalone_mode=False)
     except click.exceptions.Abort:
         fail("interrupted", 130)
-    except click.ClickException as exc:
-        # Usage errors: click's message and hint, then exit 2.
-        exc.show()
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()  # a bare `hypha`: the help, not an error line
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        # A usage error (exit 2, the convention of getopt and argparse) or a bad
+        # option file: one line like every other error, with where to read more.
+        fail(usage_message(exc), exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except HyphaError as exc:

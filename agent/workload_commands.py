@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from agent.cli import CliState, cli, emit_json, json_option, print_table
+from agent.cli import CliState, ReplicaCount, cli, emit_json, json_option, print_table
 from agent.client import path_of
 from agent.errors import ConfigError, HyphaError
 from agent.spec import Constraint, RestartPolicy, WorkloadSpec, parse_cpu, parse_env_flags
@@ -103,7 +103,7 @@ def spec_from_flags(
     help="Root filesystem dir or OCI image layout (same path on every node); "
     "leave out with the process driver to run on the host.",
 )
-@click.option("--replicas", "-n", type=click.IntRange(0, 10000), help="How many copies [1].")
+@click.option("--replicas", "-n", type=ReplicaCount(), help="How many copies [1].")
 @click.option("--cpu", metavar="CORES", help="CPU per replica: 0.5, 2 or 250m [100m].")
 @click.option("--memory", metavar="SIZE", help="Memory per replica: 64Mi, 1Gi [64Mi].")
 @click.option("--env", "-e", multiple=True, metavar="KEY=VALUE", help="Environment (repeatable).")
@@ -396,9 +396,9 @@ def inspect_deployment(data: dict[str, Any]) -> None:
         )
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("name")
-@click.argument("replicas", type=click.IntRange(0, 10000))
+@click.argument("replicas", type=ReplicaCount())
 @click.option("--wait/--no-wait", default=False, help="Wait until that many replicas run.")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @json_option

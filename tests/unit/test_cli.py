@@ -80,11 +80,35 @@ def test_a_bad_api_from_the_environment_is_one_line(address: str, message: str) 
     assert lines[0].startswith(f"hypha: error: {message}"), lines[0]
 
 
-def test_unknown_command_is_a_usage_error() -> None:
-    result = hypha("frobnicate")
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["frobnicate"], "No such command 'frobnicate' (see `hypha --help`)"),
+        (
+            ["scale", "web", "-1"],
+            "Invalid value for 'REPLICAS': the count must be >= 0, got -1 "
+            "(see `hypha scale --help`)",
+        ),
+        (
+            ["run", "x", "-n", "-2"],
+            "Invalid value for '--replicas' / '-n': the count must be >= 0, got -2 "
+            "(see `hypha run --help`)",
+        ),
+        (["scale", "web"], "Missing argument 'REPLICAS' (see `hypha scale --help`)"),
+        (["ps", "--bogus"], "No such option '--bogus' (see `hypha ps --help`)"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(args: list[str], line: str) -> None:
+    result = hypha(*args)
     assert result.returncode == 2
-    assert "No such command 'frobnicate'" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr == f"hypha: error: {line}\n"
+    assert result.stdout == ""
+
+
+def test_hypha_alone_shows_the_help() -> None:
+    result = hypha()
+    assert result.returncode == 2
+    assert "Commands:" in result.stdout + result.stderr
 
 
 def test_keygen_writes_a_private_secret(tmp_path: Path) -> None:
