@@ -104,7 +104,7 @@ def _labels(items: tuple[str, ...]) -> dict[str, str] | None:
     "cpu_millicores",
     type=click.IntRange(1),
     metavar="MILLICORES",
-    help="Capacity override: CPU millicores for replicas.",
+    help="Capacity override: CPU for replicas in millicores (4000 = 4 cores).",
 )
 @click.option("--memory", "memory", metavar="SIZE", help="Capacity override: memory (8Gi).")
 @click.option("--pids", type=click.IntRange(1), help="Capacity override: process count.")

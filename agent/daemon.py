@@ -1032,7 +1032,8 @@ class Agent:
             if existing is not None and not replay:
                 raise ConflictError(
                     f"workload {parsed.name!r} already exists (version {existing.version}); "
-                    f"change it with `hypha scale` or remove it with `hypha rm {parsed.name}`"
+                    f"change its spec with `hypha update -f FILE`, its count with "
+                    f"`hypha scale`, or remove it with `hypha rm {parsed.name}`"
                 )
             expected: int | None = 0
         else:

@@ -104,7 +104,11 @@ def spec_from_flags(
     "leave out with the process driver to run on the host.",
 )
 @click.option("--replicas", "-n", type=ReplicaCount(), help="How many copies [1].")
-@click.option("--cpu", metavar="CORES", help="CPU per replica: 0.5, 2 or 250m [100m].")
+@click.option(
+    "--cpu",
+    metavar="CORES",
+    help="CPU per replica in cores (0.5, 2) or millicores with an m suffix (250m) [100m].",
+)
 @click.option("--memory", metavar="SIZE", help="Memory per replica: 64Mi, 1Gi [64Mi].")
 @click.option("--env", "-e", multiple=True, metavar="KEY=VALUE", help="Environment (repeatable).")
 @click.option("--restart", metavar="POLICY", help="always | on-failure[:N] | never [always].")
@@ -261,8 +265,12 @@ def wait_for_replicas(
 @click.pass_obj
 def ps(state: CliState, workload: str | None, show_all: bool, as_json: bool) -> None:
     """List replicas: where each runs, its state, restarts and exit code."""
-    query = {"workload": workload} if workload else {}
-    data = state.client().get("/v1/replicas", **query)
+    client = state.client()
+    if workload:
+        # This route answers 404 for an unknown workload, as inspect, scale and rm do.
+        data = client.get(path_of("v1", "workloads", workload, "replicas"))
+    else:
+        data = client.get("/v1/replicas")
     if as_json:
         emit_json(data)
         return
@@ -400,7 +408,13 @@ def inspect_deployment(data: dict[str, Any]) -> None:
 @click.argument("name")
 @click.argument("replicas", type=ReplicaCount())
 @click.option("--wait/--no-wait", default=False, help="Wait until that many replicas run.")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds --wait waits before giving up (exit 1).",
+)
 @json_option
 @click.pass_obj
 def scale(
@@ -462,7 +476,13 @@ def _node_admin(
 @click.argument("node")
 @click.option("--undo", is_flag=True, help="Stop draining (the node takes work again).")
 @click.option("--wait", is_flag=True, help="Show progress until nothing runs on NODE any more.")
-@click.option("--timeout", type=float, default=300.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds --wait waits before giving up (exit 1; the drain goes on).",
+)
 @json_option
 @click.pass_obj
 def drain(

@@ -83,7 +83,8 @@ def meta_for_put(
             "last": current_version,
             "spec": old_user,
             "status": "replaced",
-            "change": describe_change(old_user, new_user),
+            # What made the replaced version, not what replaced it (the next row says that).
+            "change": meta.get("change", "created" if since == 1 else ""),
         }
     )
     return {

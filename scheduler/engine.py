@@ -979,7 +979,7 @@ class Planner:
         usable_count = self.n - sum(self.not_usable.values())
         if usable_count == 0:
             return "state", f"no node can take new work: {self._not_usable_text()}"
-        suffix = f" ({self._not_usable_text()} take no new work)" if self.not_usable else ""
+        suffix = self._not_usable_suffix()
         frees = (self.free_c, self.free_m, self.free_p)
         if not request.constraints:
             # Resources first, answered from the max-tree without a scan.
@@ -1064,7 +1064,7 @@ class Planner:
         """Why no usable node fits ``resources`` (known to be true), from the max-tree."""
         want = resources.as_tuple()
         frees = (self.free_c, self.free_m, self.free_p)
-        suffix = f" ({self._not_usable_text()} take no new work)" if self.not_usable else ""
+        suffix = self._not_usable_suffix()
         for dim in (1, 0, 2):
             j = self._argmax(dim)
             if frees[dim][j] < want[dim]:
@@ -1083,6 +1083,13 @@ class Planner:
 
     def _not_usable_text(self) -> str:
         return ", ".join(f"{count} {why}" for why, count in sorted(self.not_usable.items()))
+
+    def _not_usable_suffix(self) -> str:
+        """`` (1 suspect node takes no new work)``, or nothing when every node is usable."""
+        if not self.not_usable:
+            return ""
+        verb = "node takes" if sum(self.not_usable.values()) == 1 else "nodes take"
+        return f" ({self._not_usable_text()} {verb} no new work)"
 
     def _free_text(self, i: int) -> str:
         return (

@@ -131,7 +131,7 @@ def test_no_room_message_mentions_nodes_that_take_no_work() -> None:
     snap = Snapshot(nodes=(node("a", mem=1 * GiB), node("b", state="suspect")))
     d = one(snap, req("w-0", mem=2 * GiB))
     assert d.reason == (
-        "no node has 2 GiB memory free; largest free: 1 GiB on a (1 suspect take no new work)"
+        "no node has 2 GiB memory free; largest free: 1 GiB on a (1 suspect node takes no new work)"
     )
 
 
@@ -526,7 +526,7 @@ def test_reschedule_reports_replicas_with_nowhere_to_go() -> None:
     (move,) = reschedule(snap, ["a"], 1)
     assert move.to_node is None and move.rule == "resources"
     assert move.reason == (
-        "no node has 1 GiB memory free; largest free: 256 MiB on b (1 lost take no new work)"
+        "no node has 1 GiB memory free; largest free: 256 MiB on b (1 lost node takes no new work)"
     )
 
 

@@ -83,6 +83,15 @@ def test_history_and_spec_at_version() -> None:
     rows = history_rows(stored3, 3)
     assert [r["status"] for r in rows] == ["replaced", "current"]
     assert rows[0]["version_range"] == "1-2" and "command" in rows[1]["change"]
+    # Each row tells what made its version: v1 was created, v3 changed the command.
+    assert [r["change"] for r in rows] == ["created", "changed command"]
+    v4 = {**v3, "env": {"A": "b"}}
+    rows = history_rows(join_spec(v4, meta_for_put(stored3, 3, v4)), 4)
+    assert [(r["version_range"], r["change"]) for r in rows] == [
+        ("1-2", "created"),
+        ("3", "changed command"),
+        ("4", "changed env"),
+    ]
 
 
 def _rollout_inputs(
