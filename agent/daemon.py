@@ -1109,6 +1109,13 @@ class Agent:
                 async for chunk in self.driver.logs(replica, tail=tail, follow=follow):
                     yield chunk
             except runtime.ContainerNotFoundError:
+                report = self.reconciler.reports.get(replica) if self.reconciler else None
+                if report is not None and report.state == "failed":
+                    raise NotFoundError(
+                        f"replica {replica!r} has no output: it failed to start on "
+                        f"{self.name} ({report.restarts} time(s); the node retries with "
+                        f"backoff): {report.error}"
+                    ) from None
                 raise NotFoundError(
                     f"replica {replica!r} has no container on {self.name} yet"
                 ) from None

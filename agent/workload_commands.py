@@ -251,11 +251,54 @@ def wait_for_replicas(
             if tty and not quiet:
                 click.echo("", err=True)
             return True
+        given_up = [r for r in rows if r["state"] != "running" and failed_for_good(r)]
+        waiting = [r for r in rows if r["state"] != "running" and not failed_for_good(r)]
+        if given_up and not waiting:
+            if tty and not quiet:
+                click.echo("", err=True)
+            raise ReplicasFailedError(name, given_up)
         if time.monotonic() >= deadline:
             if tty and not quiet:
                 click.echo("", err=True)
             return False
         time.sleep(0.25)
+
+
+#: A start the runtime refused this many times in a row is taken as refused for good.
+START_FAILURES_FOR_GOOD = 2
+
+
+def failed_for_good(row: dict[str, Any]) -> bool:
+    """Whether waiting longer for this replica to run is pointless.
+
+    ``exited``: it ended and its restart policy starts it no more. ``failed``: the
+    runtime refused to start it (a missing image or binary, a bad rootfs); its node
+    retries with backoff for ever, but the same spec on the same node fails the same
+    way, so after ``START_FAILURES_FOR_GOOD`` refusals in a row (``restarts`` counts
+    them) only a change of the spec or of the node helps."""
+    if row.get("state") == "exited":
+        return True
+    return row.get("state") == "failed" and int(row.get("restarts") or 0) >= (
+        START_FAILURES_FOR_GOOD
+    )
+
+
+def failure_reason(row: dict[str, Any]) -> str:
+    """``web-0 on n1: <the full error>`` for the error line."""
+    where = f"{row['replica_id']} on {row.get('node') or '-'}"
+    if row.get("state") == "exited":
+        what = f"exited with code {row.get('exit_code')} and will not restart"
+        return f"{where}: {what}" + (f" ({row['error']})" if row.get("error") else "")
+    return f"{where}: failed to start {row.get('restarts')} times: {row.get('error') or '?'}"
+
+
+class ReplicasFailedError(HyphaError):
+    """Every replica that does not run has failed for good: ``--wait`` stops early."""
+
+    def __init__(self, name: str, rows: list[dict[str, Any]]) -> None:
+        count = f"{len(rows)} replica{'s' if len(rows) != 1 else ''}"
+        super().__init__(f"{count} of {name} failed for good; {failure_reason(rows[0])}")
+        self.rows = rows
 
 
 @cli.command()
@@ -288,7 +331,7 @@ def ps(state: CliState, workload: str | None, show_all: bool, as_json: bool) -> 
                 r.get("health") or "-",
                 r.get("restarts", 0),
                 _ago(r.get("started_at")) if r["state"] == "running" else "-",
-                (r.get("error") or "")[:60],
+                r.get("error") or "",  # last column: never cut, the terminal wraps it
             )
         )
     print_table(["REPLICA", "WORKLOAD", "NODE", "STATE", "HEALTH", "RESTARTS", "UP", "NOTE"], rows)
@@ -342,7 +385,7 @@ def inspect(state: CliState, name: str, as_json: bool) -> None:
             r.get("version") if r.get("version") is not None else "-",
             r.get("exit_code") if r.get("exit_code") is not None else "-",
             r.get("restarts", 0),
-            (r.get("error") or "")[:70],
+            r.get("error") or "",  # last column: never cut, the terminal wraps it
         )
         for r in data.get("replica_states", [])
     ]
@@ -571,7 +614,12 @@ def update(state: CliState, file: Path, wait: bool, timeout: float, as_json: boo
     if as_json:
         emit_json({**result, "status": status})
     if status != "complete":
-        raise HyphaError(f"the update of {spec.name} ended {status} (see `hypha inspect`)")
+        message = last_rollout_message(state, spec.name) if status == "failed" else ""
+        raise HyphaError(
+            f"the update of {spec.name} ended {status}"
+            + (f": {message}" if message else "")
+            + f" (see `hypha inspect {spec.name}`)"
+        )
 
 
 def wait_for_rollout(
@@ -605,6 +653,19 @@ def wait_for_rollout(
             return status
         time.sleep(0.5)
     return status
+
+
+def last_rollout_message(state: CliState, name: str) -> str:
+    """The rolling update's last message (which replicas failed), and the full reason
+    of the first replica that failed to start or exited."""
+    client = state.client()
+    data = client.get(path_of("v1", "workloads", name))
+    message = str((data.get("deployment") or {}).get("message") or "")
+    rows = client.get(path_of("v1", "workloads", name, "replicas"))["replicas"]
+    failed = [r for r in rows if r["state"] in ("failed", "exited") and r.get("error")]
+    if failed:
+        message += ("; " if message else "") + failure_reason(failed[0])
+    return message
 
 
 @cli.command()
