@@ -13,7 +13,7 @@ import click
 
 from agent.cli import CliState, ReplicaCount, cli, emit_json, json_option, print_table
 from agent.client import path_of
-from agent.errors import ConfigError, HyphaError
+from agent.errors import ConfigError, HyphaError, NotFoundError
 from agent.spec import Constraint, RestartPolicy, WorkloadSpec, parse_cpu, parse_env_flags
 
 
@@ -591,14 +591,57 @@ def wait_for_drain(state: CliState, node: str, timeout: float, *, quiet: bool = 
     help="The workload's new spec file (TOML or JSON).",
 )
 @click.option("--wait", is_flag=True, help="Show the rolling update until it ends.")
-@click.option("--timeout", type=float, default=300.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds --wait waits before giving up (exit 1; the update goes on).",
+)
+@click.option(
+    "--image",
+    metavar="ROOTFS_OR_LAYOUT",
+    help="Root filesystem dir or OCI image layout (same path on every node); "
+    "overrides the file's image, as in `hypha run`.",
+)
+@click.option(
+    "--no-image",
+    is_flag=True,
+    help="Run the command on the host (process driver) although the workload has an image.",
+)
 @json_option
 @click.pass_obj
-def update(state: CliState, file: Path, wait: bool, timeout: float, as_json: bool) -> None:
-    """Change a workload's spec. A new template (image, command, env, resources, health)
-    rolls out update.max_parallel replicas at a time; see `hypha inspect NAME`."""
-    spec = WorkloadSpec.load(file)
+def update(
+    state: CliState,
+    file: Path,
+    image: str | None,
+    no_image: bool,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Change a workload's spec. The file replaces the whole spec (give every field);
+    a new template (image, command, env, resources, health) rolls out
+    update.max_parallel replicas at a time; see `hypha inspect NAME`.
+
+    A file without an image for a workload that has one is refused unless --no-image
+    says so: the new replicas would run on the host, which no oci node can do."""
+    if image is not None and no_image:
+        raise ConfigError("give --image or --no-image, not both")
+    spec = spec_from_flags(None, file, image, None, None, None, (), None, (), ())
     client = state.client()
+    if spec.image is None and not no_image:
+        try:
+            current = client.get(path_of("v1", "workloads", spec.name))
+        except NotFoundError:
+            current = {}  # the update below says there is no such workload
+        current_image = (current.get("spec") or {}).get("image")
+        if current_image:
+            raise ConfigError(
+                f"the update removes the image of {spec.name} (now {current_image}) and "
+                "would run its command on the host: keep it with --image DIR or "
+                f'image = "..." in {file}, or pass --no-image if that is what you want'
+            )
     result = client.put(path_of("v1", "workloads", spec.name), {"spec": spec.to_dict()})
     if not wait:
         if as_json:
