@@ -951,6 +951,7 @@ class Agent:
     async def plan_workload(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A dry run: where the replicas of ``spec`` would go now, and why."""
         parsed = WorkloadSpec.from_dict(spec)
+        refuse_host_command_on_oci(parsed, self.node_views())
         workloads, placements = self._read_desired()
         others = [w for w in workloads if w.name != parsed.name]
         kept = [p for p in placements if p.workload != parsed.name]
@@ -1020,6 +1021,7 @@ class Agent:
         self, spec: dict[str, Any], *, create: bool, expected_version: int | None
     ) -> dict[str, Any]:
         parsed = WorkloadSpec.from_dict(spec)
+        refuse_host_command_on_oci(parsed, self.node_views())
         await self._require_leader()
         request_id, replay = self._write_id()
         existing_record = self.state.workload(parsed.name)
@@ -1126,6 +1128,32 @@ class Agent:
         query = {"tail": tail, "follow": "1" if follow else None, "raw": "1"}
         async for chunk in self.peer.stream(view.api, f"/v1/logs/{replica}", query):
             yield chunk
+
+
+def refuse_host_command_on_oci(spec: WorkloadSpec, views: Mapping[str, NodeView]) -> None:
+    """Refuse a spec without an image when every node that could take it runs the oci
+    driver: it would be placed, then fail on its node ("the oci driver needs an image").
+    Nodes publish their driver in gossip (``driver``: "oci: ...", "process: ...");
+    a node that has not published one yet gives the spec the benefit of the doubt."""
+    if spec.image is not None:
+        return
+    candidates = [
+        view
+        for view in views.values()
+        if view.liveness in ("alive", "suspect")
+        and view.eligible
+        and not view.draining
+        and all(c.matches(view.labels) for c in spec.constraints)
+    ]
+    if not candidates or any(not (v.driver or "").startswith("oci:") for v in candidates):
+        return
+    names = ", ".join(sorted(v.name for v in candidates))
+    raise ConfigError(
+        f"image: {spec.name} has none, so its command would run on the host, but every "
+        f"node that could take it runs the oci driver ({names}): "
+        'give an image (--image DIR, or image = "..." in the spec file), or run the '
+        "agents with --driver process"
+    )
 
 
 def _json(text: Any) -> Any:

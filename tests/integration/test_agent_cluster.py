@@ -205,6 +205,10 @@ def test_errors_as_a_new_user_meets_them(
     assert "1/1 running" in result.stderr  # the progress line
     result = hypha_cli(api, "run", "once", *image, "--", "true")
     assert result.returncode == 1 and "already exists" in result.stderr
+    assert "hypha update -f FILE" in result.stderr
+    result = hypha_cli(api, "ps", "ghost")
+    assert result.returncode == 1
+    assert result.stderr == "hypha: error: no workload named 'ghost' (see `hypha ps`)\n"
     wait_until(
         lambda: "hello from once" in hypha_cli(api, "logs", "once-0").stdout,
         30,
@@ -240,6 +244,39 @@ def test_errors_as_a_new_user_meets_them(
     assert row["exit_code"] == 3 and row["restarts"] == 1
     assert "exited (3)" in hypha_cli(api, "ps").stdout
     assert hypha_cli(api, "rm", "crash").returncode == 0
+
+    # A command that is not there: --wait stops once the replica has failed for good
+    # (long before its timeout) with the whole reason, and logs says it failed.
+    result = hypha_cli(
+        api,
+        "run",
+        "nobin",
+        *image,
+        "--restart",
+        "never",
+        "--wait",
+        "--timeout",
+        "600",
+        "--",
+        "/no/such/binary",
+    )
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("hypha: error: 1 replica of nobin failed for good; nobin-0 on "), line
+    if rootfs is not None:
+        assert "failed to start 2 times:" in line and "/no/such/binary" in line, line
+        wait_until(
+            lambda: "failed to start" in hypha_cli(api, "logs", "nobin-0").stderr,
+            30,
+            "logs to say the replica failed to start",
+        )
+        # A spec without an image cannot run on oci nodes: refused at submit.
+        for args in (["--dry-run"], []):
+            result = hypha_cli(api, "run", "hostcmd", *args, "--", "true")
+            assert result.returncode == 1
+            assert "runs the oci driver" in result.stderr and "--image DIR" in result.stderr
+            assert "--driver process" in result.stderr
+    assert hypha_cli(api, "rm", "nobin").returncode == 0
 
     # A replica that fits nowhere is pending, and every agent says why.
     result = hypha_cli(api, "run", "huge", *image, "--memory", "900Gi", "--", "true")
