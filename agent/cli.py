@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -171,6 +172,24 @@ class ReplicaCount(click.ParamType):
         if count > MAX_REPLICAS:
             self.fail(f"the count must be at most {MAX_REPLICAS}, got {count}", param, ctx)
         return count
+
+
+class Seconds(click.ParamType):
+    """A finite, non-negative number of seconds (``--timeout``): click's float takes
+    ``nan``, with which a deadline never comes."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"expected a number of seconds, got {value!r}", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0:
+            self.fail(f"expected a finite number of seconds >= 0, got {value!r}", param, ctx)
+        return seconds
 
 
 def _command_name(args: Sequence[str]) -> str | None:

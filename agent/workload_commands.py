@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from agent.cli import CliState, ReplicaCount, cli, emit_json, json_option, print_table
+from agent.cli import CliState, ReplicaCount, Seconds, cli, emit_json, json_option, print_table
 from agent.client import path_of
 from agent.errors import ConfigError, HyphaError, NotFoundError
 from agent.spec import Constraint, RestartPolicy, WorkloadSpec, parse_cpu, parse_env_flags
@@ -122,7 +122,7 @@ def spec_from_flags(
 @click.option("--wait/--no-wait", default=False, help="Wait until every replica runs.")
 @click.option(
     "--timeout",
-    type=float,
+    type=Seconds(),
     default=60.0,
     show_default=True,
     help="Seconds --wait waits before giving up (exit 1).",
@@ -453,7 +453,7 @@ def inspect_deployment(data: dict[str, Any]) -> None:
 @click.option("--wait/--no-wait", default=False, help="Wait until that many replicas run.")
 @click.option(
     "--timeout",
-    type=float,
+    type=Seconds(),
     default=60.0,
     show_default=True,
     help="Seconds --wait waits before giving up (exit 1).",
@@ -521,7 +521,7 @@ def _node_admin(
 @click.option("--wait", is_flag=True, help="Show progress until nothing runs on NODE any more.")
 @click.option(
     "--timeout",
-    type=float,
+    type=Seconds(),
     default=300.0,
     show_default=True,
     help="Seconds --wait waits before giving up (exit 1; the drain goes on).",
@@ -593,7 +593,7 @@ def wait_for_drain(state: CliState, node: str, timeout: float, *, quiet: bool = 
 @click.option("--wait", is_flag=True, help="Show the rolling update until it ends.")
 @click.option(
     "--timeout",
-    type=float,
+    type=Seconds(),
     default=300.0,
     show_default=True,
     help="Seconds --wait waits before giving up (exit 1; the update goes on).",

@@ -96,6 +96,16 @@ def test_a_bad_api_from_the_environment_is_one_line(address: str, message: str) 
         ),
         (["scale", "web"], "Missing argument 'REPLICAS' (see `hypha scale --help`)"),
         (["ps", "--bogus"], "No such option '--bogus' (see `hypha ps --help`)"),
+        (
+            ["scale", "web", "3", "--wait", "--timeout", "nan"],
+            "Invalid value for '--timeout': expected a finite number of seconds >= 0, "
+            "got 'nan' (see `hypha scale --help`)",
+        ),
+        (
+            ["run", "web", "--timeout", "-5", "--", "true"],
+            "Invalid value for '--timeout': expected a finite number of seconds >= 0, "
+            "got '-5' (see `hypha run --help`)",
+        ),
     ],
 )
 def test_a_usage_error_is_one_line_and_exit_2(args: list[str], line: str) -> None:
