@@ -91,8 +91,8 @@ def cli(
     """Hypha: a container orchestrator with no central control plane.
 
     Run `hypha agent` on every host (or `hypha up` to try a local cluster), then
-    submit work with `hypha run`. Shell completion:
-    eval "$(_HYPHA_COMPLETE=bash_source hypha)".
+    submit work with `hypha run`. Shell completion: eval "$(hypha completion bash)"
+    (or zsh, fish) in your shell's rc file.
     """
     token = None
     if token_file is not None:
