@@ -16,7 +16,9 @@ Rules the plan follows:
   moves: that looks like a partition seen from the minority, not a failure;
 * a replica that cannot go anywhere keeps its placement if its node is only
   draining (it keeps running until it can move), and loses it if its node is lost,
-  so it shows as pending with the scheduler's reason.
+  so it shows as pending with the scheduler's reason;
+* a batch replica that completed (exit 0) never moves: not off a draining node, nor
+  off a dead one (its last report stays in gossip until the node is reaped).
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ import trio
 import scheduler
 from agent.nodes import NodeView
 from agent.spec import WorkloadSpec, replica_id
-from agent.workloads import Rollout, drain_allowance, is_finished, rollout_plan, system_plan
+from agent.workloads import (
+    Rollout,
+    drain_allowance,
+    is_finished,
+    report_of,
+    rollout_plan,
+    system_plan,
+)
 
 log = logging.getLogger("hypha.leader")
 
@@ -174,14 +183,12 @@ def plan(
         node = nodes.get(p.node)
         if workload.name in system:
             pass  # system_plan below decides where system replicas go
+        elif is_finished(workload.spec, report_of(nodes, p.node, rid)):
+            pass  # a completed batch replica stays done, whatever became of its node
         elif p.node in moving_lost:
             needs_home.append(rid)
             continue
-        elif (
-            node is not None
-            and node.draining
-            and not is_finished(workload.spec, node.replicas.get(rid))
-        ):
+        elif node is not None and node.draining:
             if workload.name not in allowance:
                 allowance[workload.name] = drain_allowance(
                     workload.spec, nodes_of.get(workload.name, {}), nodes

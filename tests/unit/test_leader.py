@@ -86,3 +86,20 @@ def test_unknown_nodes_wait_for_the_grace() -> None:
     assert early.empty
     late, _ = plan([workload("web", 1)], placements, nodes(node("a")), seed=1)
     assert late.place == [("web-0", "a", 1)]
+
+
+def test_completed_batch_replicas_stay_when_their_node_dies() -> None:
+    """Exit 0 is completed and stays so: a dead node's finished replicas do not run again;
+    the one still running there moves."""
+    spec = WorkloadSpec.from_dict(
+        {"name": "report", "type": "batch", "command": ["x"], "replicas": 3}
+    )
+    placements = [PlacementView(f"report-{i}", "report", "abb"[i], 1) for i in range(3)]
+    view = nodes(node("a"), node("b", "dead"), node("c"))
+    view["b"].replicas = {
+        "report-1": {"state": "running"},
+        "report-2": {"state": "completed", "exit_code": 0},
+    }
+    result, _ = plan([WorkloadView("report", spec, 1)], placements, view, seed=1)
+    assert [rid for rid, _, _ in result.place] == ["report-1"]
+    assert not result.remove and not result.pending
