@@ -284,6 +284,11 @@ def _plan_workloads(
                 continue
             for rid, node in sp.place:
                 result.place.append((rid, node, workload.version))
+            for rid in sp.vacant:
+                result.pending[rid] = "system job: its node is gone; waits for a node to join"
+                result.rules[rid] = "system"
+                if rid in mine:
+                    result.remove.append(rid)
         if now is None or workload.spec_dict is None or workload.spec.type == "batch":
             continue
         rollout = rollout_plan(

@@ -5,7 +5,8 @@ Raft, gossip or time.
 * **System jobs** (``system_plan``): one replica on every eligible node (alive or
   suspect, eligible, not draining, with capacity, matching the constraints). The
   leader scales the workload to the number of such nodes, keeps the replicas that
-  already sit on one, and gives the others to the nodes without one.
+  already sit on one, and gives the others to the nodes without one. A replica on
+  a live node never moves: when a lower slot's node dies, that slot stays vacant.
 * **Drains** (``drain_allowance``): replicas leave a draining node at most
   ``drain.max_unavailable`` at a time per workload, counting every replica of the
   workload that is not running now. (The old replica of a service keeps running
@@ -129,26 +130,33 @@ def eligible_for_system(spec: WorkloadSpec, nodes: Mapping[str, NodeView]) -> li
 class SystemPlan:
     scale: int | None = None  # the replica count to commit first, if it changed
     place: list[tuple[str, str]] = field(default_factory=list)  # (replica, node)
+    vacant: list[str] = field(default_factory=list)  # slots with no node to go to
 
 
 def system_plan(
     spec: WorkloadSpec, placements: Mapping[str, str], nodes: Mapping[str, NodeView]
 ) -> SystemPlan:
-    """``placements``: replica -> node for this workload now."""
+    """``placements``: replica -> node for this workload now.
+
+    A replica on an eligible node is never touched: replica ids are slots
+    (``w-0``, ``w-1``...), and scaling down drops the highest ones, so the count
+    only shrinks past slots that sit on no eligible node. A slot whose node died
+    while a higher one still runs stays vacant (its placement goes; it waits for
+    the next node) instead of its replica taking over a healthy one's node."""
     targets = eligible_for_system(spec, nodes)
-    if spec.replicas != len(targets):
-        return SystemPlan(scale=len(targets))
     covered: set[str] = set()
-    free: list[str] = []
+    kept: set[int] = set()
     for index in range(spec.replicas):
-        rid = replica_id(spec.name, index)
-        node = placements.get(rid)
+        node = placements.get(replica_id(spec.name, index))
         if node is not None and node in targets and node not in covered:
             covered.add(node)
-        else:
-            free.append(rid)
+            kept.add(index)
+    wanted = max(len(targets), max(kept) + 1 if kept else 0)
+    if spec.replicas != wanted:
+        return SystemPlan(scale=wanted)
+    free = [replica_id(spec.name, i) for i in range(spec.replicas) if i not in kept]
     uncovered = [n for n in targets if n not in covered]
-    return SystemPlan(place=list(zip(free, uncovered, strict=False)))
+    return SystemPlan(place=list(zip(free, uncovered, strict=False)), vacant=free[len(uncovered) :])
 
 
 # -- drains --------------------------------------------------------------------------

@@ -103,3 +103,12 @@ def test_completed_batch_replicas_stay_when_their_node_dies() -> None:
     result, _ = plan([WorkloadView("report", spec, 1)], placements, view, seed=1)
     assert [rid for rid, _, _ in result.place] == ["report-1"]
     assert not result.remove and not result.pending
+
+
+def test_a_system_job_only_loses_the_dead_nodes_replica() -> None:
+    spec = WorkloadSpec.from_dict({"name": "ne", "type": "system", "command": ["x"], "replicas": 3})
+    placements = [PlacementView(f"ne-{i}", "ne", f"n{i + 1}", 1) for i in range(3)]
+    view = nodes(node("n1"), node("n2", "dead"), node("n3"))
+    result, _ = plan([WorkloadView("ne", spec, 1)], placements, view, seed=1)
+    assert result.remove == ["ne-1"]
+    assert not result.place and not result.scale

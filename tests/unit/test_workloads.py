@@ -159,3 +159,19 @@ def test_batch_status() -> None:
     assert batch_status(job, [done, {"state": "running"}]) == "running"
     assert batch_status(job, [done, {"state": "exited"}]) == "failed"
     assert batch_status(job, [done]) == "running"
+
+
+def test_system_job_leaves_survivors_alone_when_a_node_dies() -> None:
+    """n2 (slot w-1) dies: w-1 just goes; w-0 and w-2 keep running where they are."""
+    nodes = {"n1": node("n1"), "n2": node("n2", liveness="dead"), "n3": node("n3")}
+    three = spec(type="system", replicas=3)
+    now = {"w-0": "n1", "w-1": "n2", "w-2": "n3"}
+    result = system_plan(three, now, nodes)
+    assert result.scale is None and result.place == [] and result.vacant == ["w-1"]
+    # A new node takes the vacant slot; the dead top slot is what scaling drops.
+    nodes["n4"] = node("n4")
+    assert system_plan(three, now, nodes).place == [("w-1", "n4")]
+    moved = {"w-0": "n1", "w-1": "n3", "w-2": "n2"}
+    assert system_plan(three, moved, nodes).place == [("w-2", "n4")]
+    del nodes["n4"]
+    assert system_plan(three, moved, nodes).scale == 2
