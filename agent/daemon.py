@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import time
 import uuid
@@ -79,6 +80,7 @@ from agent.workloads import (
     spec_dict_at,
     split_spec,
 )
+from runtime.driver import check_prefix
 
 log = logging.getLogger("hypha.agent")
 
@@ -91,11 +93,31 @@ PEERS_FILE = "gossip-peers.json"
 PENDING_BYTES = 900
 
 
-def container_prefix(name: str) -> str:
-    """A per-agent container id prefix: readable, unique per node name, <= 31 chars."""
+PREFIX_FILE = "container-prefix"
+
+
+def container_prefix(name: str, data_dir: Path) -> str:
+    """This agent's container id prefix (also its cgroup dir, ``/hypha/<prefix>``):
+    readable, <= 31 chars, and unique per agent *instance*, not per node name, so
+    two local clusters with a node ``n1`` never share cgroups or container ids.
+
+    Made once with a random suffix and kept in ``data_dir`` (``container-prefix``),
+    so a restarted agent adopts its own containers. A data dir that ran containers
+    before that file existed keeps the old name-only prefix for the same reason."""
+    path = data_dir / PREFIX_FILE
+    with contextlib.suppress(FileNotFoundError):
+        return check_prefix(path.read_text().strip())
     clean = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:20] or "node"
-    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
-    return f"hy-{clean}-{digest}"[:31].strip("-")
+    if (data_dir / "runtime").exists():
+        digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    else:
+        digest = secrets.token_hex(3)
+    prefix = f"hy-{clean}-{digest}"[:31].strip("-")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(prefix + "\n")
+    staging.replace(path)
+    return prefix
 
 
 def cluster_token(secret: bytes) -> str:
@@ -276,7 +298,7 @@ class Agent:
             driver, reason = runtime.open_driver(
                 self.config.driver,
                 state_dir=(self.config.data_dir / "runtime").resolve(),
-                prefix=container_prefix(self.name),
+                prefix=container_prefix(self.name, self.config.data_dir),
                 runtime_path=self.config.runtime_path,
             )
         except runtime.DriverError as exc:
