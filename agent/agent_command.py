@@ -19,7 +19,7 @@ from agent import logs as log_setup
 from agent.cli import CliState, cli
 from agent.config import load_config, parse_size
 from agent.errors import ConfigError, HyphaError
-from agent.localcluster import LocalCluster
+from agent.localcluster import Layout, LocalCluster
 from agent.secrets import check_private
 
 log = logging.getLogger("hypha.agent")
@@ -188,6 +188,18 @@ def agent_command(state: CliState, /, config_path: Path | None, **flags: Any) ->
     show_default=True,
     help="Agent i listens on this address + i (loopback aliases).",
 )
+@click.option(
+    "--zones",
+    type=click.IntRange(1, 50),
+    help="Spread the agents over N zones: agent nI gets zone z((I-1) mod N).",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="[NODE:]KEY=VALUE",
+    help="Node label for placement rules, on every agent or on NODE only (repeatable).",
+)
 @click.pass_obj
 def up(
     state: CliState,
@@ -196,31 +208,40 @@ def up(
     driver: str,
     gossip_preset: str,
     first_address: str,
+    zones: int | None,
+    labels: tuple[str, ...],
 ) -> None:
     """Start a local cluster of N agents on 127.0.0.2.. in the foreground; Ctrl-C stops it.
 
     Each agent gets its own data dir (DIR/nI) and API socket (DIR/nI/api.sock); they
-    share a generated secret. Containers stop with their agents.
+    share a generated secret. Containers stop with their agents, also those of an
+    agent that died. `hypha up --dir DIR` again restarts the same cluster.
     """
     temporary = base_dir is None
     base = Path(tempfile.mkdtemp(prefix="hypha-up-")) if base_dir is None else base_dir.resolve()
     prefix, _, last = first_address.rpartition(".")
     if not last.isdigit() or int(last) + nodes > 255:
         raise ConfigError(f"--first-address: {first_address} leaves no room for {nodes} agents")
+    hosts = [f"{prefix}.{int(last) + i}" for i in range(nodes)]
+    per_agent = _up_node_args(nodes, zones, labels)
+    port = None if temporary else _saved_port(base, hosts)
     cluster = LocalCluster(
         base,
         nodes,
         driver=driver,
         preset=gossip_preset,
-        hosts=[f"{prefix}.{int(last) + i}" for i in range(nodes)],
+        hosts=hosts,
         name_prefix="",
         verbose=False,
+        per_agent_args=per_agent,
+        port=port,
     )
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    dead: set[str] = set()
     try:
         for agent in cluster.agents:
             try:
@@ -243,15 +264,85 @@ def up(
             err=True,
         )
         sys.stderr.flush()
-        # Agents that die (a chaos test may kill one) are left dead: the others go on.
+        # An agent that dies is reported and left dead (a chaos test may kill one on
+        # purpose); the others go on, and its containers are stopped on the way out.
         while True:
             time.sleep(0.5)
+            _report_dead(cluster, dead)
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _report_dead(cluster, dead)
         click.echo("stopping the cluster...", err=True)
         cluster.shutdown(timeout=30)
+        dead |= {a.name for a in cluster.agents if a.proc is not None and a.proc.returncode}
+        # Together, so they have a Raft quorum and serve (and so stop) at once.
+        cleaned = cluster.stop_leftovers(dead, everyone=bool(dead))
+        if cleaned:
+            click.echo(f"stopped the containers left by {', '.join(cleaned)}", err=True)
         if temporary:
             shutil.rmtree(base, ignore_errors=True)
         click.echo("stopped", err=True)
+
+
+def _report_dead(cluster: LocalCluster, dead: set[str]) -> None:
+    """One line for each agent that died since the last look (added to ``dead``)."""
+    for agent in cluster.agents:
+        if agent.name in dead or agent.proc is None or agent.proc.poll() is None:
+            continue
+        dead.add(agent.name)
+        click.echo(
+            f"agent {agent.name} exited ({_how(agent.proc.returncode)}); the others keep "
+            f"running; log: {agent.data_dir / 'agent.log'}",
+            err=True,
+        )
+
+
+def _how(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+        return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def _up_node_args(nodes: int, zones: int | None, labels: tuple[str, ...]) -> dict[int, list[str]]:
+    """``hypha agent`` flags per agent index for ``--zones`` and ``--label``."""
+    names = [f"n{i + 1}" for i in range(nodes)]
+    args: dict[int, list[str]] = {i: [] for i in range(nodes)}
+    for item in labels:
+        node, sep, pair = item.partition(":")
+        if not sep or "=" in node:
+            node, pair = "", item
+        elif node not in names:
+            raise ConfigError(f"--label {item}: no agent {node} (they are n1..n{nodes})")
+        _labels((pair,))  # checks KEY=VALUE
+        for i, name in enumerate(names):
+            if not node or node == name:
+                args[i] += ["--label", pair]
+    if zones is not None:
+        for i in range(nodes):
+            args[i] += ["--zone", f"z{i % zones}", "--label", f"zone=z{i % zones}"]
+    return args
+
+
+def _saved_port(base: Path, hosts: list[str]) -> int | None:
+    """The port of the cluster saved in ``base`` (agents are bound to their addresses),
+    or ``None`` for a new one; refuses at once what cannot start."""
+    saved = Layout.load(base)
+    if saved is None:
+        return None
+    if list(saved.hosts) != hosts:
+        raise ConfigError(
+            f"--dir {base} holds a cluster of {len(saved.hosts)} agents on {saved.hosts[0]}..: "
+            f"run `hypha up -n {len(saved.hosts)} --first-address {saved.hosts[0]} --dir {base}`"
+            ", or use a new --dir"
+        )
+    busy = saved.busy()
+    if busy is not None:
+        raise ConfigError(
+            f"--dir {base}: its agents' address {busy} is in use (is this cluster still "
+            "running?); stop that first, or use a new --dir"
+        )
+    return saved.port

@@ -12,6 +12,7 @@ containers.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -19,7 +20,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -85,6 +87,61 @@ def free_port(hosts: list[str]) -> int:
             for s in held:
                 s.close()
     raise HyphaError("no free port pair on the loopback addresses")
+
+
+LAYOUT_FILE = "cluster.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a local cluster's agents listen: kept in its base dir, because an agent's
+    Raft state is bound to its address, so a restart must reuse the same ones."""
+
+    hosts: tuple[str, ...]
+    port: int
+
+    def save(self, base: Path) -> None:
+        staging = base / (LAYOUT_FILE + ".tmp")
+        staging.write_text(json.dumps({"hosts": list(self.hosts), "port": self.port}) + "\n")
+        staging.replace(base / LAYOUT_FILE)
+
+    @classmethod
+    def load(cls, base: Path) -> Layout | None:
+        """The saved layout; for a base dir from before the file, the addresses its
+        agents' Raft state names (Raft listens on the gossip port + 1); else ``None``."""
+        try:
+            data = json.loads((base / LAYOUT_FILE).read_text())
+            return cls(tuple(str(h) for h in data["hosts"]), int(data["port"]))
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError) as exc:
+            raise HyphaError(f"{base / LAYOUT_FILE} is damaged ({exc})") from None
+        found: dict[int, tuple[str, int]] = {}
+        for meta in base.glob("n*/raft/raft-meta.json"):
+            index = meta.parent.parent.name[1:]
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                host, _, raft_port = str(json.loads(meta.read_text())["self"]).rpartition(":")
+                if index.isdigit():
+                    found[int(index)] = (host, int(raft_port) - 1)
+        if not found or sorted(found) != list(range(1, len(found) + 1)):
+            return None
+        ports = {port for _, port in found.values()}
+        if len(ports) != 1:
+            return None
+        return cls(tuple(found[i][0] for i in sorted(found)), ports.pop())
+
+    def busy(self) -> str | None:
+        """``host:port`` of the first address some other process holds, if any."""
+        for host in self.hosts:
+            for kind, port in ((socket.SOCK_DGRAM, self.port), (socket.SOCK_STREAM, self.port + 1)):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    if kind == socket.SOCK_STREAM:  # as Raft binds: TIME_WAIT is no owner
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        s.bind((host, port))
+                    except OSError:
+                        return f"{host}:{port}"
+        return None
 
 
 class AgentProcess:
@@ -210,7 +267,8 @@ class LocalCluster:
 
     ``extra_args`` go to every ``hypha agent``, ``per_agent_args`` to one (by index);
     ``runtime_path`` is the OCI runtime for ``driver="oci"``; ``verbose`` gives the
-    agents ``-v`` (debug logs)."""
+    agents ``-v`` (debug logs); ``port`` reuses a saved ``Layout``'s port (else a
+    free one is picked). The layout is saved in ``base``."""
 
     def __init__(
         self,
@@ -226,6 +284,7 @@ class LocalCluster:
         per_agent_args: Mapping[int, list[str]] | None = None,
         runtime_path: str | None = None,
         verbose: bool = True,
+        port: int | None = None,
     ) -> None:
         self.base = base
         self.verbose = verbose
@@ -242,7 +301,8 @@ class LocalCluster:
         hosts = list(hosts) if hosts is not None else hosts_from(first_host, size)
         if len(hosts) != size:
             raise HyphaError(f"{size} agents need {size} addresses, got {len(hosts)}")
-        self.port = free_port(hosts)
+        self.port = free_port(hosts) if port is None else port
+        Layout(tuple(hosts), self.port).save(base)
         self.agents = [AgentProcess(self, i, host) for i, host in enumerate(hosts)]
         self.started = False
 
@@ -354,11 +414,20 @@ class LocalCluster:
                 lambda: not live.intersection(self.replica_processes()), 30, "replicas to stop"
             )
         self.shutdown()
+        self.stop_leftovers(everyone=self.driver == "oci")
+
+    def stop_leftovers(self, dead: Iterable[str] = (), *, everyone: bool = False) -> list[str]:
+        """After ``shutdown``: stop the containers agents left behind. An agent in
+        ``dead`` (it died, e.g. SIGKILL), or with replica processes still running,
+        or every agent with ``everyone``, is started once more alone with
+        ``--stop-on-exit``, so it adopts and stops what it left, then stopped; any
+        replica process still left is killed. Returns the names of those restarted."""
         leftovers = self.replica_processes()
+        dead = set(dead)
         # All at once: started one by one, each found no peer (10 s) and no Raft
         # leader (30 s) before it served, so a 3-agent cluster took 2 minutes to
         # clean up. Together they find each other and a leader in a second or two.
-        cleaners = [a for a in self.agents if a.name in leftovers or self.driver == "oci"]
+        cleaners = [a for a in self.agents if everyone or a.name in leftovers or a.name in dead]
         for agent in cleaners:
             agent.start(stop_on_exit=True, alone=True, wait=False)
         for agent in cleaners:
@@ -368,6 +437,7 @@ class LocalCluster:
         for pid in self._host_pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+        return [a.name for a in cleaners]
 
     def shutdown(self, timeout: float = 40.0) -> None:
         """SIGTERM every agent on our data dirs, ours and strays (an agent a chaos tool

@@ -91,3 +91,58 @@ def test_gossip_port_in_use_is_one_line(tmp_path: Path) -> None:
             )
         )
     assert "bind:" in line and str(port) in line
+
+
+def test_up_labels_and_zones_per_agent() -> None:
+    from agent.agent_command import _up_node_args
+
+    args = _up_node_args(3, 2, ("disk=ssd", "n2:disk=hdd", "url=http://x"))
+    assert args[0] == ["--label", "disk=ssd", "--label", "url=http://x"] + [
+        "--zone",
+        "z0",
+        "--label",
+        "zone=z0",
+    ]
+    assert args[1][:6] == ["--label", "disk=ssd", "--label", "disk=hdd", "--label", "url=http://x"]
+    assert args[1][6:8] == ["--zone", "z1"] and args[2][-3:] == ["z0", "--label", "zone=z0"]
+
+
+def test_up_label_mistakes_are_one_line(tmp_path: Path) -> None:
+    line = one_line_error(hypha("up", "-n", "2", "--dir", str(tmp_path), "--label", "n5:a=b"))
+    assert "no agent n5 (they are n1..n2)" in line
+    line = one_line_error(hypha("up", "-n", "2", "--dir", str(tmp_path), "--label", "disk"))
+    assert "expected KEY=VALUE" in line
+
+
+def test_up_again_on_its_dir_reuses_the_saved_addresses(tmp_path: Path) -> None:
+    """An agent's Raft state is bound to its address: a restart must reuse the port,
+    and what cannot work is refused at once, in one line."""
+    import socket
+
+    from agent.agent_command import _saved_port
+    from agent.localcluster import Layout
+
+    assert _saved_port(tmp_path, ["127.0.0.9"]) is None  # a new cluster
+    Layout(("127.0.0.9", "127.0.0.10"), 42311).save(tmp_path)
+    assert _saved_port(tmp_path, ["127.0.0.9", "127.0.0.10"]) == 42311
+    line = one_line_error(
+        hypha("up", "-n", "3", "--first-address", "127.0.0.9", "--dir", str(tmp_path))
+    )
+    assert "holds a cluster of 2 agents on 127.0.0.9" in line
+    assert f"hypha up -n 2 --first-address 127.0.0.9 --dir {tmp_path}" in line
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.10", 42312))
+        line = one_line_error(
+            hypha("up", "-n", "2", "--first-address", "127.0.0.9", "--dir", str(tmp_path))
+        )
+    assert "127.0.0.10:42312 is in use" in line
+
+
+def test_up_finds_the_port_of_a_dir_from_before_the_layout_file(tmp_path: Path) -> None:
+    from agent.localcluster import Layout
+
+    for i, host in enumerate(("127.0.0.2", "127.0.0.3"), 1):
+        (tmp_path / f"n{i}" / "raft").mkdir(parents=True)
+        meta = f'{{"self": "{host}:51000", "role": "voter", "voters": []}}'
+        (tmp_path / f"n{i}" / "raft" / "raft-meta.json").write_text(meta)
+    assert Layout.load(tmp_path) == Layout(("127.0.0.2", "127.0.0.3"), 50999)
