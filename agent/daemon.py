@@ -74,11 +74,14 @@ from agent.workloads import (
     batch_status,
     history_rows,
     is_available,
+    is_current,
     join_spec,
     meta_for_put,
+    new_workload_meta,
     rollout_plan,
     spec_dict_at,
     split_spec,
+    workload_uid,
 )
 from runtime.driver import check_prefix
 
@@ -685,7 +688,8 @@ class Agent:
             if workload is None:
                 continue
             spec = self._spec_at(workload, p.spec_version)
-            result[p.replica_id] = DesiredReplica(p.replica_id, spec, p.spec_version)
+            uid = workload_uid(workload.spec_dict)
+            result[p.replica_id] = DesiredReplica(p.replica_id, spec, p.spec_version, uid)
         return result
 
     def _spec_at(self, workload: WorkloadView, version: int) -> WorkloadSpec:
@@ -880,11 +884,13 @@ class Agent:
     def _reports(self) -> dict[str, dict[str, Any]]:
         """Replica reports from the node each replica is placed on."""
         views = self.node_views()
+        uids = {r.name: workload_uid(r.spec) for r in self.state.workloads()}
         reports = {}
         for p in self.state.placements():
             view = views.get(p.node)
-            if view is not None and p.replica_id in view.replicas:
-                reports[p.replica_id] = view.replicas[p.replica_id]
+            report = view.replicas.get(p.replica_id) if view is not None else None
+            if report is not None and is_current(report, uids.get(p.workload, "")):
+                reports[p.replica_id] = report
         return reports
 
     async def list_workloads(self) -> list[dict[str, Any]]:
@@ -910,6 +916,7 @@ class Agent:
         for record in sorted(self.state.workloads(), key=lambda r: r.name):
             if workload is not None and record.name != workload:
                 continue
+            uid = workload_uid(record.spec)
             for index in range(record.replicas):
                 rid = f"{record.name}-{index}"
                 p = placements.get(rid)
@@ -929,6 +936,8 @@ class Agent:
                 if p is not None:
                     view = views.get(p.node)
                     report = view.replicas.get(rid) if view else None
+                    if report is not None and not is_current(report, uid):
+                        report = None  # a removed workload's, not replaced yet
                     if report is not None:
                         row.update({k: v for k, v in report.items() if k != "replica_id"})
                         row["workload"] = record.name
@@ -1070,6 +1079,8 @@ class Agent:
             spec_dict = join_spec(spec_dict, meta)
             if expected is None:
                 expected = existing_record.version  # the history is made from this version
+        elif existing_record is None:
+            spec_dict = join_spec(spec_dict, new_workload_meta())
         result = await self.propose(
             cstate.PutWorkload(spec=spec_dict, expected_version=expected, request_id=request_id)
         )

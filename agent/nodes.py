@@ -57,6 +57,7 @@ def replica_value(report: Mapping[str, Any]) -> str:
             "t": report.get("started_at"),
             "o": report.get("oom_killed") or None,
             "hs": report.get("healthy_since"),
+            "u": report.get("uid") or None,
         }
     )
 
@@ -75,6 +76,7 @@ def replica_from_value(replica_id: str, text: str) -> dict[str, Any]:
         "error": data.get("e"),
         "started_at": data.get("t"),
         "oom_killed": bool(data.get("o")),
+        "uid": data.get("u") or "",
     }
 
 

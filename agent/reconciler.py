@@ -64,6 +64,9 @@ class DesiredReplica:
     replica_id: str
     spec: WorkloadSpec
     version: int
+    uid: str = ""
+    """The workload's uid (``agent.workloads.workload_uid``): set when it is created, it
+    tells this workload's reports from those of a removed one of the same name."""
 
     @property
     def workload(self) -> str:
@@ -87,9 +90,11 @@ class ReplicaReport:
     health: str | None = None
     next_restart_at: float | None = None
     healthy_since: float | None = None
+    uid: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "uid": self.uid,
             "replica_id": self.replica_id,
             "workload": self.workload,
             "state": self.state,
@@ -265,7 +270,9 @@ class Reconciler:
                 # Its old container is still being stopped and removed, beside the
                 # loop (the driver may already have dropped it from its list): a
                 # start now would race the removal of the same id.
-                reports[rid] = ReplicaReport(rid, want.workload, "stopping", want.version)
+                reports[rid] = ReplicaReport(
+                    rid, want.workload, "stopping", want.version, uid=want.uid
+                )
                 continue
             if current is None:
                 failure = self._failures.get(rid)
@@ -278,11 +285,14 @@ class Reconciler:
                         error=failure.message,
                         restarts=failure.count,
                         next_restart_at=failure.retry_at,
+                        uid=want.uid,
                     )
                     reports[rid] = report
                     continue
                 actions.start.append((want, 0))
-                reports[rid] = ReplicaReport(rid, want.workload, "starting", want.version)
+                reports[rid] = ReplicaReport(
+                    rid, want.workload, "starting", want.version, uid=want.uid
+                )
                 continue
             if current.state == "exited":
                 reports[rid] = self._exited(want, current, now, actions)
@@ -408,6 +418,7 @@ class Reconciler:
             started_at=status.started_at,
             finished_at=status.finished_at,
             oom_killed=status.oom_killed,
+            uid=want.uid,
         )
 
     def _exited(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,26 @@ def join_spec(user: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any
     if meta:
         data[META_KEY] = dict(meta)
     return data
+
+
+def new_workload_meta() -> dict[str, Any]:
+    """The meta data of a workload being created: a fresh ``uid``, so the reports of a
+    removed workload of the same name (its versions start at 1 again) never count
+    for this one."""
+    return {"uid": secrets.token_hex(6)}
+
+
+def workload_uid(spec: Mapping[str, Any] | None) -> str:
+    """The uid of a replicated spec; "" for one created before uids existed."""
+    if spec is None:
+        return ""
+    return str(split_spec(spec)[1].get("uid") or "")
+
+
+def is_current(report: Mapping[str, Any], uid: str) -> bool:
+    """Whether a replica report belongs to the workload with ``uid`` (not to a removed
+    one of the same name whose report the node has not replaced yet)."""
+    return not uid or report.get("uid") == uid
 
 
 def template_of(spec: Mapping[str, Any]) -> str:
@@ -88,11 +109,14 @@ def meta_for_put(
             "change": meta.get("change", "created" if since == 1 else ""),
         }
     )
-    return {
+    renewed = {
         "template_since": current_version + 1,
         "history": history[-HISTORY_LIMIT:],
         "change": describe_change(old_user, new_user),
     }
+    if meta.get("uid"):
+        renewed["uid"] = meta["uid"]
+    return renewed
 
 
 def spec_dict_at(spec: Mapping[str, Any], version: int) -> dict[str, Any]:
@@ -369,10 +393,13 @@ __all__ = [
     "drain_allowance",
     "eligible_for_system",
     "history_rows",
+    "is_current",
     "join_spec",
     "meta_for_put",
+    "new_workload_meta",
     "rollout_plan",
     "spec_dict_at",
     "split_spec",
+    "workload_uid",
     "system_plan",
 ]

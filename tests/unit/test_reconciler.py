@@ -227,3 +227,26 @@ async def test_a_replaced_container_is_removed_before_its_successor_starts(
     assert not h.failures  # the start raced the removal: "container exists"
     assert h.states() == {"web-0": "running"}
     assert h.host.containers["web-0"].spec.command == ("serve", "--v2")
+
+
+async def test_reports_name_the_workload_incarnation_they_belong_to(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    """`hypha rm web` then `hypha run web`: both are version 1, so only the uid tells
+    the new workload's reports from the old one's failures still in gossip."""
+    from agent.nodes import replica_from_value, replica_value
+    from agent.workloads import is_current
+
+    old = replica("web-0", ["false"], restart="never")
+    harness.desired = {"web-0": DesiredReplica("web-0", old.spec, 1, "old-uid")}
+    await harness.settle()
+    gossiped = replica_from_value("web-0", replica_value(harness.reports["web-0"].to_dict()))
+    assert gossiped["state"] == "exited" and gossiped["uid"] == "old-uid"
+    assert is_current(gossiped, "old-uid") and not is_current(gossiped, "new-uid")
+    harness.desired = {}
+    await harness.settle()
+    new = replica("web-0", ["serve"])
+    harness.desired = {"web-0": DesiredReplica("web-0", new.spec, 1, "new-uid")}
+    await harness.settle()
+    assert harness.reports["web-0"].uid == "new-uid"
+    assert harness.reports["web-0"].state == "running"

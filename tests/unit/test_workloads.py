@@ -175,3 +175,16 @@ def test_system_job_leaves_survivors_alone_when_a_node_dies() -> None:
     assert system_plan(three, moved, nodes).place == [("w-2", "n4")]
     del nodes["n4"]
     assert system_plan(three, moved, nodes).scale == 2
+
+
+def test_a_workload_keeps_its_uid_through_updates_and_a_new_one_gets_another() -> None:
+    from agent.workloads import new_workload_meta, workload_uid
+
+    v1 = spec(replicas=2).to_dict()
+    first = join_spec(v1, new_workload_meta())
+    uid = workload_uid(first)
+    assert uid and workload_uid(join_spec(v1, new_workload_meta())) != uid
+    v2 = {**v1, "command": ["serve", "--new"]}
+    assert workload_uid(join_spec(v2, meta_for_put(first, 1, v2))) == uid
+    assert workload_uid(join_spec(v1, meta_for_put(first, 1, {**v1, "replicas": 3}))) == uid
+    assert workload_uid(v1) == ""  # created before uids: every report counts
