@@ -37,10 +37,12 @@ from agent.spec import WorkloadSpec, replica_id
 from agent.workloads import (
     Rollout,
     drain_allowance,
+    is_current,
     is_finished,
     report_of,
     rollout_plan,
     system_plan,
+    workload_uid,
 )
 
 log = logging.getLogger("hypha.leader")
@@ -183,7 +185,7 @@ def plan(
         node = nodes.get(p.node)
         if workload.name in system:
             pass  # system_plan below decides where system replicas go
-        elif is_finished(workload.spec, report_of(nodes, p.node, rid)):
+        elif is_finished(workload.spec, _report(nodes, p.node, rid, workload)):
             pass  # a completed batch replica stays done, whatever became of its node
         elif p.node in moving_lost:
             needs_home.append(rid)
@@ -264,6 +266,16 @@ def plan(
         if old is not None and old.node in moving_lost:
             result.remove.append(rid)
     return result, snapshot
+
+
+def _report(
+    nodes: Mapping[str, NodeView], node: str, rid: str, workload: WorkloadView
+) -> Mapping[str, Any] | None:
+    """The node's report of ``rid`` if it is of this workload, not of a removed one."""
+    report = report_of(nodes, node, rid)
+    if report is None or not is_current(report, workload_uid(workload.spec_dict)):
+        return None
+    return report
 
 
 def _plan_workloads(

@@ -112,3 +112,16 @@ def test_a_system_job_only_loses_the_dead_nodes_replica() -> None:
     result, _ = plan([WorkloadView("ne", spec, 1)], placements, view, seed=1)
     assert result.remove == ["ne-1"]
     assert not result.place and not result.scale
+
+
+def test_a_removed_workloads_completion_does_not_count_for_a_new_one() -> None:
+    """The new `report` (uid new) must run report-0 even though the dead node still
+    says the old `report` (uid old) completed it."""
+    user = {"name": "report", "type": "batch", "command": ["x"], "replicas": 1}
+    spec = WorkloadSpec.from_dict(user)
+    view = nodes(node("a"), node("b", "dead"))
+    view["b"].replicas = {"report-0": {"state": "completed", "exit_code": 0, "uid": "old"}}
+    placements = [PlacementView("report-0", "report", "b", 1)]
+    new = WorkloadView("report", spec, 1, {**user, "_hypha": {"uid": "new"}})
+    result, _ = plan([new], placements, view, seed=1)
+    assert [(rid, n) for rid, n, _ in result.place] == [("report-0", "a")]
