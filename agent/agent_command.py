@@ -243,9 +243,18 @@ def up(
     previous = signal.signal(signal.SIGTERM, on_term)
     dead: set[str] = set()
     try:
+        # A restart starts them all at once: each needs the others for a Raft quorum
+        # before it serves (one by one, that took 15 s an agent).
+        restart = port is not None
+        if restart:
+            for agent in cluster.agents:
+                agent.start(stop_on_exit=True, wait=False)
         for agent in cluster.agents:
             try:
-                agent.start(stop_on_exit=True)
+                if restart:
+                    agent.wait_ready()
+                else:
+                    agent.start(stop_on_exit=True)
             except HyphaError:
                 reason = agent.log_tail(1).strip() or "no output"
                 log_path = agent.data_dir / "agent.log"

@@ -142,6 +142,7 @@ class Agent:
         self.api_address: str | None = None
         self.raft_address: str | None = None
         self.driver_reason = ""
+        self.container_prefix = ""
         self.started_at = time.time()
         self._spec_cache: dict[str, WorkloadSpec] = {}
         self._published: dict[str, str] = {}
@@ -186,6 +187,7 @@ class Agent:
                     on_report=self._publish_replicas,
                     keep_running=self._keep_running,
                     on_start=self._container_started,
+                    agent=self.container_prefix,
                 )
                 self.leader_loop = self._make_leader_loop()
                 await self._wait_for_raft_sync()
@@ -297,11 +299,12 @@ class Agent:
         return sock
 
     def _open_driver(self) -> Any:
+        self.container_prefix = container_prefix(self.name, self.config.data_dir)
         try:
             driver, reason = runtime.open_driver(
                 self.config.driver,
                 state_dir=(self.config.data_dir / "runtime").resolve(),
-                prefix=container_prefix(self.name, self.config.data_dir),
+                prefix=self.container_prefix,
                 runtime_path=self.config.runtime_path,
             )
         except runtime.DriverError as exc:

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -155,6 +155,16 @@ class AgentProcess:
         self.data_dir = cluster.base / f"n{index + 1}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
+
+    @property
+    def container_prefix(self) -> str | None:
+        """The agent instance's container prefix (``HYPHA_AGENT`` of its replicas),
+        once it has started; names repeat across clusters (two ``hypha up`` have an n1),
+        this does not."""
+        try:
+            return (self.data_dir / "container-prefix").read_text().strip() or None
+        except OSError:
+            return None
 
     @property
     def socket_path(self) -> Path:
@@ -359,43 +369,39 @@ class LocalCluster:
                 counts[row["node"]] = counts.get(row["node"], 0) + 1
         return counts
 
-    def replica_processes(self) -> dict[str, set[str]]:
-        """Replica ids really running on this host, by node, from the processes' environment."""
-        found: dict[str, set[str]] = {}
-        names = {a.name for a in self.agents}
+    def _our_processes(self) -> Iterator[tuple[int, str, dict[bytes, bytes]]]:
+        """(pid, agent name, environment) of each live process of our agents' replicas,
+        told by ``HYPHA_AGENT`` (the agent instance), never by node name alone: another
+        local cluster on this host may have a node of the same name."""
+        ours = {a.container_prefix: a.name for a in self.agents if a.container_prefix}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
-                env = dict(
-                    item.split(b"=", 1)
-                    for item in (entry / "environ").read_bytes().split(b"\0")
-                    if b"=" in item
-                )
+                raw = (entry / "environ").read_bytes()
+                if b"HYPHA_AGENT=" not in raw:
+                    continue
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
             if ") Z" in stat:
                 continue
-            node = env.get(b"HYPHA_NODE", b"").decode(errors="replace")
+            env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+            name = ours.get(env.get(b"HYPHA_AGENT", b"").decode(errors="replace"))
+            if name is not None:
+                yield int(entry.name), name, env
+
+    def replica_processes(self) -> dict[str, set[str]]:
+        """Replica ids really running on this host, by node, from the processes' environment."""
+        found: dict[str, set[str]] = {}
+        for _, node, env in self._our_processes():
             replica = env.get(b"HYPHA_REPLICA", b"").decode(errors="replace")
-            if node in names and replica:
+            if replica:
                 found.setdefault(node, set()).add(replica)
         return found
 
     def _host_pids(self) -> list[int]:
-        names = {a.name.encode() for a in self.agents}
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                env = (entry / "environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(item.startswith(b"HYPHA_NODE=") and item[11:] in names for item in env):
-                pids.append(int(entry.name))
-        return pids
+        return [pid for pid, _, _ in self._our_processes()]
 
     def stop(self) -> None:
         """Stop every agent and every replica, even after SIGKILLs and failures: delete

@@ -121,7 +121,11 @@ def template_hash(spec: WorkloadSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def container_spec(replica: DesiredReplica, *, node: str, restarts: int) -> runtime.ContainerSpec:
+def container_spec(
+    replica: DesiredReplica, *, node: str, restarts: int, agent: str = ""
+) -> runtime.ContainerSpec:
+    """``agent``: the agent instance (its container prefix), in ``HYPHA_AGENT``, so
+    tools on the host tell its processes from those of another agent named alike."""
     spec = replica.spec
     _, _, index = replica.replica_id.rpartition("-")
     env = {
@@ -129,6 +133,7 @@ def container_spec(replica: DesiredReplica, *, node: str, restarts: int) -> runt
         "HYPHA_REPLICA": replica.replica_id,
         "HYPHA_INDEX": index,
         "HYPHA_NODE": node,
+        **({"HYPHA_AGENT": agent} if agent else {}),
         **spec.env,
     }
     labels = {
@@ -184,8 +189,10 @@ class Reconciler:
         interval: float = 1.0,
         clock: Callable[[], float] = time.time,
         keep_running: Callable[[str], bool] | None = None,
+        agent: str = "",
     ) -> None:
         self.driver = driver
+        self.agent = agent
         self._keep_running = keep_running
         self._handoff_since: dict[str, float] = {}
         self.node = node
@@ -509,7 +516,7 @@ class Reconciler:
             try:
                 if remove_first:
                     await self.driver.remove(rid)
-                spec = container_spec(want, node=self.node, restarts=restarts)
+                spec = container_spec(want, node=self.node, restarts=restarts, agent=self.agent)
                 started = time.perf_counter()  # the start alone, not the removal before it
                 status = await self.driver.start(spec)
             except runtime.DriverError as exc:

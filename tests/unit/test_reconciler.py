@@ -250,3 +250,10 @@ async def test_reports_name_the_workload_incarnation_they_belong_to(
     await harness.settle()
     assert harness.reports["web-0"].uid == "new-uid"
     assert harness.reports["web-0"].state == "running"
+
+
+def test_containers_name_their_agent_instance() -> None:
+    from agent.reconciler import container_spec
+
+    spec = container_spec(replica("web-0", ["serve"]), node="n1", restarts=0, agent="hy-n1-abc")
+    assert spec.env["HYPHA_AGENT"] == "hy-n1-abc" and spec.env["HYPHA_NODE"] == "n1"
