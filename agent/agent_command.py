@@ -275,9 +275,17 @@ def up(
         sys.stderr.flush()
         # An agent that dies is reported and left dead (a chaos test may kill one on
         # purpose); the others go on, and its containers are stopped on the way out.
-        while True:
-            time.sleep(0.5)
-            _report_dead(cluster, dead)
+        # From here a signal only asks the loop to end: raised in a handler, it could
+        # land between noting an agent dead and saying so.
+        stopping: list[int] = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+        previous_int = signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
+        try:
+            while not stopping:
+                time.sleep(0.5)
+                _report_dead(cluster, dead)
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
     except KeyboardInterrupt:
         pass
     finally:
