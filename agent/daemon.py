@@ -26,7 +26,7 @@ import secrets
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,11 @@ def container_prefix(name: str, data_dir: Path) -> str:
     return prefix
 
 
+async def _run_in(scope: trio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await run()
+
+
 def cluster_token(secret: bytes) -> str:
     """The bearer token agents use with each other's TCP API (derived, never stored)."""
     return derive_key(secret, "api-token").hex()
@@ -193,7 +198,8 @@ class Agent:
                 await self._wait_for_raft_sync()
                 reconciler_scope = trio.CancelScope()
                 await nursery.start(self._run_reconciler, reconciler_scope)
-                nursery.start_soon(self.leader_loop.run)
+                leader_scope = trio.CancelScope()
+                nursery.start_soon(_run_in, leader_scope, self.leader_loop.run)
                 nursery.start_soon(self._pump_raft_events)
                 nursery.start_soon(self._pump_gossip_events)
                 nursery.start_soon(self.observer.run)
@@ -221,6 +227,10 @@ class Agent:
                 log.info("shutting down", extra={"node": self.name})
                 api_scope.cancel()
                 reconciler_scope.cancel()
+                # An agent on its way out plans nothing more: as the others of a local
+                # cluster stopped together left one by one, the last leader moved every
+                # replica onto itself, and the restarted cluster had them all on one node.
+                leader_scope.cancel()
                 if config.stop_on_exit:
                     await self.reconciler.stop_all()
                 with trio.move_on_after(3):

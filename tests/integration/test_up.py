@@ -61,10 +61,10 @@ class Up:
         self.proc: subprocess.Popen[str] | None = None
         self.output = ""
 
-    def start(self) -> None:
+    def start(self, nodes: int = 2) -> None:
         (self.base / "env").unlink(missing_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "up", "-n", "2", "--dir", str(self.base)]
+            [sys.executable, "-m", "agent", "up", "-n", str(nodes), "--dir", str(self.base)]
             + ["--driver", "process", "--gossip-preset", "local", "--first-address", "127.0.6.2"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -101,7 +101,7 @@ def up() -> Iterator[Up]:
         if running.proc is not None and running.proc.poll() is None:
             os.killpg(running.proc.pid, signal.SIGKILL)
             running.proc.wait()
-        for data_dir in (base / "n1", base / "n2"):
+        for data_dir in (base / "n1", base / "n2", base / "n3"):
             pid = agent_pid(data_dir)
             if pid is not None:
                 os.kill(pid, signal.SIGKILL)
@@ -138,3 +138,26 @@ def test_up_reports_a_dead_agent_stops_its_containers_and_restarts_from_its_dir(
     wait_until(lambda: len(marked(mark)) >= 2, 90, "both replicas running again")
     out = up.stop()
     assert "exited" not in out and marked(mark) == [], out
+
+
+def test_a_clean_stop_moves_no_replica(up: Up) -> None:
+    """Stopped together, the agents leave one by one; the leader, still stopping its
+    containers, used to move the replicas of those gone onto itself, so a restart had
+    them all on one node. Here n1 and n2 take 3 s to stop theirs, n3 none."""
+    mark = f"HYPHA_TEST_MARK={secrets.token_hex(6)}"
+    up.start(nodes=3)
+    slow = '[ "$HYPHA_NODE" = n3 ] || trap "" TERM; while true; do sleep 1; done'
+    spec = {
+        "name": "w",
+        "command": ["sh", "-c", slow],
+        "replicas": 6,
+        "env": {"HYPHA_TEST_MARK": mark.partition("=")[2]},
+        "stop_grace": 3,
+    }
+    up.client().post("/v1/workloads", {"spec": spec})
+    wait_until(lambda: len(marked(mark)) >= 6, 60, "the replicas running")
+    nodes = {r["node"] for r in up.client().get("/v1/replicas")["replicas"]}
+    assert nodes == {"n1", "n2", "n3"}, nodes
+    up.stop()
+    logs = "".join((up.base / n / "agent.log").read_text() for n in ("n1", "n2", "n3"))
+    assert " moved from " not in logs, [ln for ln in logs.splitlines() if "moved from" in ln]
