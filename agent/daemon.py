@@ -686,7 +686,13 @@ class Agent:
 
     def _read_desired(self) -> tuple[list[WorkloadView], list[PlacementView]]:
         placements = [
-            PlacementView(p.replica_id, p.workload, p.node, p.spec_version)
+            PlacementView(
+                p.replica_id,
+                p.workload,
+                p.node,
+                p.spec_version,
+                completed=self.state.completed(p.replica_id),
+            )
             for p in self.state.placements()
         ]
         return self._workload_views(), placements
@@ -702,7 +708,9 @@ class Agent:
                 continue
             spec = self._spec_at(workload, p.spec_version)
             uid = workload_uid(workload.spec_dict)
-            result[p.replica_id] = DesiredReplica(p.replica_id, spec, p.spec_version, uid)
+            result[p.replica_id] = DesiredReplica(
+                p.replica_id, spec, p.spec_version, uid, done=self.state.completed(p.replica_id)
+            )
         return result
 
     def _spec_at(self, workload: WorkloadView, version: int) -> WorkloadSpec:
@@ -784,6 +792,12 @@ class Agent:
                 cstate.RemovePlacements(term=term, replica_ids=tuple(rids))
             )
 
+        async def mark_completed(term: int, batch: list[tuple[str, str, int]]) -> Any:
+            entries = tuple(
+                cstate.PlacementEntry(rid, node, version) for rid, node, version in batch
+            )
+            return await self._propose_quietly(cstate.MarkCompleted(term=term, replicas=entries))
+
         async def commit_credits(term: int, snapshot: scheduler.Snapshot) -> Any:
             balances = scheduler.epoch(snapshot)
             if not balances:
@@ -811,6 +825,7 @@ class Agent:
             commit_placements=commit_placements,
             remove_placements=remove_placements,
             commit_credits=commit_credits,
+            mark_completed=mark_completed,
             on_step=self.observer.leader_step,
             on_pending=self._publish_pending,
             scale_workloads=scale_workloads,
@@ -904,6 +919,8 @@ class Agent:
             report = view.replicas.get(p.replica_id) if view is not None else None
             if report is not None and is_current(report, uids.get(p.workload, "")):
                 reports[p.replica_id] = report
+            elif self.state.completed(p.replica_id):
+                reports[p.replica_id] = _completed_report(p.replica_id, p.spec_version)
         return reports
 
     async def list_workloads(self) -> list[dict[str, Any]]:
@@ -951,12 +968,16 @@ class Agent:
                     report = view.replicas.get(rid) if view else None
                     if report is not None and not is_current(report, uid):
                         report = None  # a removed workload's, not replaced yet
+                    if report is None and self.state.completed(rid):
+                        # Its node (and so its report) is gone, but it did finish.
+                        report = _completed_report(rid, p.spec_version)
                     if report is not None:
                         row.update({k: v for k, v in report.items() if k != "replica_id"})
                         row["workload"] = record.name
                     else:
                         row["state"] = "assigned"
-                    if view is not None and view.liveness in ("dead", "left", "unknown"):
+                    gone = view is not None and view.liveness in ("dead", "left", "unknown")
+                    if gone and p is not None and not self.state.completed(rid):
                         row["state"] = "lost"
                     if not row.get("error") and rid in pending:
                         # placed, but it should move (its node drains) and cannot
@@ -1200,6 +1221,18 @@ def refuse_host_command_on_oci(spec: WorkloadSpec, views: Mapping[str, NodeView]
         'give an image (--image DIR, or image = "..." in the spec file), or run the '
         "agents with --driver process"
     )
+
+
+def _completed_report(replica_id: str, version: int) -> dict[str, Any]:
+    """What the views show for a replica the state records as completed, once its node
+    (and so the node's own report) is gone."""
+    return {
+        "replica_id": replica_id,
+        "state": "completed",
+        "version": version,
+        "exit_code": 0,
+        "error": "completed on a node that is gone",
+    }
 
 
 def _json(text: Any) -> Any:

@@ -73,6 +73,8 @@ class PlacementView:
     workload: str
     node: str
     spec_version: int
+    completed: bool = False
+    """The replicated state records that it ran to completion here (a batch job)."""
 
 
 @dataclass(slots=True)
@@ -87,6 +89,9 @@ class Plan:
     scale: dict[str, int] = field(default_factory=dict)  # system jobs: new replica counts
     revert: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)  # auto_revert
     rollouts: dict[str, Rollout] = field(default_factory=dict)
+    # Batch replicas whose node reports them completed, not yet recorded as such in the
+    # replicated state: (replica, node, version).
+    completed: list[tuple[str, str, int]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -185,8 +190,13 @@ def plan(
         node = nodes.get(p.node)
         if workload.name in system:
             pass  # system_plan below decides where system replicas go
-        elif is_finished(workload.spec, _report(nodes, p.node, rid, workload)):
+        elif p.completed:
             pass  # a completed batch replica stays done, whatever became of its node
+        elif is_finished(workload.spec, report := _report(nodes, p.node, rid, workload)):
+            # Done, as its node says; recorded in the state, so that it stays done once
+            # gossip has forgotten the node.
+            if report is not None and int(report.get("version") or 0) == p.spec_version:
+                result.completed.append((rid, p.node, p.spec_version))
         elif p.node in moving_lost:
             needs_home.append(rid)
             continue
@@ -335,6 +345,7 @@ class LeaderLoop:
         commit_placements: Callable[[int, list[tuple[str, str, int]]], Awaitable[Any]],
         remove_placements: Callable[[int, list[str]], Awaitable[Any]],
         commit_credits: Callable[[int, scheduler.Snapshot], Awaitable[Any]] | None = None,
+        mark_completed: Callable[[int, list[tuple[str, str, int]]], Awaitable[Any]] | None = None,
         on_step: Callable[[Plan, float], None] | None = None,
         on_pending: Callable[[dict[str, str]], None] | None = None,
         scale_workloads: Callable[[dict[str, int]], Awaitable[Any]] | None = None,
@@ -352,6 +363,7 @@ class LeaderLoop:
         self._commit_placements = commit_placements
         self._remove_placements = remove_placements
         self._commit_credits = commit_credits
+        self._mark_completed = mark_completed
         self._scale_workloads = scale_workloads
         self._revert_workloads = revert_workloads
         self._clock = clock
@@ -424,6 +436,9 @@ class LeaderLoop:
         if result.paused != self.paused and result.paused:
             log.warning("rescheduling paused", extra={"reason": result.paused})
         self.paused = result.paused
+        if self._mark_completed is not None:
+            for start in range(0, len(result.completed), BATCH):
+                await self._mark_completed(term, result.completed[start : start + BATCH])
         for start in range(0, len(result.remove), BATCH):
             await self._remove_placements(term, result.remove[start : start + BATCH])
         self.refused = {}

@@ -67,6 +67,9 @@ class DesiredReplica:
     uid: str = ""
     """The workload's uid (``agent.workloads.workload_uid``): set when it is created, it
     tells this workload's reports from those of a removed one of the same name."""
+    done: bool = False
+    """The replicated state records that it ran to completion here (a batch job): with
+    no container left (a node that lost its data dir), it is not started again."""
 
     @property
     def workload(self) -> str:
@@ -279,6 +282,11 @@ class Reconciler:
                 # start now would race the removal of the same id.
                 reports[rid] = ReplicaReport(
                     rid, want.workload, "stopping", want.version, uid=want.uid
+                )
+                continue
+            if current is None and want.done:
+                reports[rid] = ReplicaReport(
+                    rid, want.workload, "completed", want.version, exit_code=0, uid=want.uid
                 )
                 continue
             if current is None:

@@ -393,6 +393,44 @@ class RemovePlacements(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class MarkCompleted(Command):
+    """These replicas ran to completion (a batch job's exit 0) where they are placed.
+
+    The fact outlives the node that reported it: a finished replica is never placed
+    again, even once gossip has forgotten its dead node. Each entry names the node and
+    spec version it completed at; an entry that no longer matches the placement (moved,
+    updated, removed) is rejected on its own."""
+
+    op: ClassVar[str] = "mark_completed"
+    term: int
+    replicas: tuple[PlacementEntry, ...]
+    request_id: str = field(default_factory=_new_request_id)
+
+    def __post_init__(self) -> None:
+        _check_int(self.op, "term", self.term, 1)
+        object.__setattr__(self, "replicas", tuple(self.replicas))
+        if len(self.replicas) > MAX_BATCH:
+            raise _fail(self.op, "replicas", f"at most {MAX_BATCH} per batch")
+        for i, entry in enumerate(self.replicas):
+            if not isinstance(entry, PlacementEntry):
+                raise _fail(self.op, f"replicas[{i}]", "expected a PlacementEntry")
+            try:
+                parse_replica_id(entry.replica_id)
+            except InvalidCommandError as exc:
+                raise _fail(self.op, f"replicas[{i}]", str(exc)) from None
+            _check_node(self.op, f"replicas[{i}].node", entry.node)
+            _check_int(self.op, f"replicas[{i}].spec_version", entry.spec_version, 1)
+        _check_request_id(self.op, self.request_id)
+
+    def to_wire(self) -> dict[str, Any]:
+        return self._wire(
+            request_id=self.request_id,
+            term=self.term,
+            replicas=[p.to_wire() for p in self.replicas],
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class SetNodeAdmin(Command):
     """Set a node's admin state; a field left ``None`` keeps its current value."""
 
@@ -519,6 +557,7 @@ COMMANDS: dict[str, type[Command]] = {
         ScaleWorkload,
         SetPlacements,
         RemovePlacements,
+        MarkCompleted,
         SetNodeAdmin,
         SetCredits,
         PutTenant,
@@ -539,18 +578,19 @@ def command_from_wire(wire: object) -> Command:
     if cls is None:
         raise InvalidCommandError(f"command: unknown op {op!r}")
     fields = {k: v for k, v in wire.items() if k not in ("v", "op")}
-    if cls is SetPlacements:
-        raw = fields.get("placements")
+    if cls is SetPlacements or cls is MarkCompleted:
+        key = "placements" if cls is SetPlacements else "replicas"
+        raw = fields.get(key)
         if not isinstance(raw, list | tuple):
-            raise InvalidCommandError("set_placements: placements: expected a list")
+            raise InvalidCommandError(f"{op}: {key}: expected a list")
         entries = []
         for i, item in enumerate(raw):
             if not isinstance(item, list | tuple) or len(item) != 3:
                 raise InvalidCommandError(
-                    f"set_placements: placements[{i}]: expected [replica_id, node, spec_version]"
+                    f"{op}: {key}[{i}]: expected [replica_id, node, spec_version]"
                 )
             entries.append(PlacementEntry(*item))
-        fields["placements"] = tuple(entries)
+        fields[key] = tuple(entries)
     if cls is RemovePlacements and isinstance(fields.get("replica_ids"), list):
         fields["replica_ids"] = tuple(fields["replica_ids"])
     try:
@@ -596,6 +636,12 @@ class DesiredState:
         self._credits: dict[str, int] = {}
         self._tenants: dict[str, TenantRecord] = {}
         self._results: dict[str, dict[str, Any]] = {}
+        self._completed: dict[str, tuple[str, int]] = {}  # replica -> (node, spec_version)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A snapshot written before a field existed restores without it.
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_completed", {})
 
     # -- queries ------------------------------------------------------------
 
@@ -610,6 +656,11 @@ class DesiredState:
 
     def placement(self, replica_id: str) -> PlacementRecord | None:
         return self._placements.get(replica_id)
+
+    def completed(self, replica_id: str) -> bool:
+        """Whether the replica ran to completion where it is placed now (``MarkCompleted``)."""
+        p = self._placements.get(replica_id)
+        return p is not None and self._completed.get(replica_id) == (p.node, p.spec_version)
 
     def placements_for(self, node: str) -> list[PlacementRecord]:
         return [p for p in self.placements() if p.node == node]
@@ -642,6 +693,7 @@ class DesiredState:
             "credit_epoch": self.credit_epoch,
             "workloads": [w.to_dict() for w in self.workloads()],
             "placements": [p.to_dict() for p in self.placements()],
+            "completed": sorted(r for r in self._completed if self.completed(r)),
             "node_admin": [n.to_dict() for n in self.node_admins()],
             "credits": dict(sorted(self._credits.items())),
             "tenants": [t.to_dict() for t in self.tenants()],
@@ -768,6 +820,7 @@ class DesiredState:
         ]
         for rid in doomed:
             del self._placements[rid]
+            self._completed.pop(rid, None)
         return len(doomed)
 
     def _apply_set_placements(self, c: SetPlacements) -> dict[str, Any]:
@@ -789,6 +842,26 @@ class DesiredState:
                 self._placements[entry.replica_id] = PlacementRecord(
                     entry.replica_id, workload, entry.node, entry.spec_version, c.term
                 )
+                self._completed.pop(entry.replica_id, None)
+                applied.append(entry.replica_id)
+        return _ok(applied=applied, rejected=rejected, changed=bool(applied))
+
+    def _apply_mark_completed(self, c: MarkCompleted) -> dict[str, Any]:
+        stale = self._check_term(c.term)
+        if stale:
+            return stale
+        applied: list[str] = []
+        rejected: dict[str, str] = {}
+        for entry in c.replicas:
+            p = self._placements.get(entry.replica_id)
+            if p is None:
+                rejected[entry.replica_id] = "not_found"
+            elif (p.node, p.spec_version) != (entry.node, entry.spec_version):
+                rejected[entry.replica_id] = "moved"
+            elif self.completed(entry.replica_id):
+                continue
+            else:
+                self._completed[entry.replica_id] = (entry.node, entry.spec_version)
                 applied.append(entry.replica_id)
         return _ok(applied=applied, rejected=rejected, changed=bool(applied))
 
@@ -797,6 +870,8 @@ class DesiredState:
         if stale:
             return stale
         removed = [rid for rid in c.replica_ids if self._placements.pop(rid, None) is not None]
+        for rid in c.replica_ids:
+            self._completed.pop(rid, None)
         return _ok(removed=removed, changed=bool(removed))
 
     def _apply_set_node_admin(self, c: SetNodeAdmin) -> dict[str, Any]:

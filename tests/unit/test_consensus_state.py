@@ -16,6 +16,7 @@ from agent.consensus.state import (
     DeleteWorkload,
     DesiredState,
     InvalidCommandError,
+    MarkCompleted,
     MarkTerm,
     PlacementEntry,
     PutTenant,
@@ -127,6 +128,52 @@ def test_placements_entry_checks_and_stale_terms() -> None:
     assert r["removed"] == ["web-0"] and s.term == 6
 
 
+def test_completed_marks_follow_their_placement() -> None:
+    s = DesiredState()
+    s.apply(PutWorkload(spec(replicas=3)).to_wire())
+    s.apply(SetPlacements(2, tuple(PlacementEntry(f"web-{i}", "a", 1) for i in range(3))).to_wire())
+    r = s.apply(
+        MarkCompleted(
+            2,
+            (
+                PlacementEntry("web-0", "a", 1),
+                PlacementEntry("web-1", "b", 1),  # not where it is placed
+                PlacementEntry("web-9", "a", 1),
+            ),
+        ).to_wire()
+    )
+    assert r["applied"] == ["web-0"] and r["rejected"] == {"web-1": "moved", "web-9": "not_found"}
+    assert s.completed("web-0") and not s.completed("web-1")
+    assert "web-0" in s.fingerprint()["completed"]
+    # Marking again changes nothing; a deposed leader is refused whole.
+    again = s.apply(MarkCompleted(2, (PlacementEntry("web-0", "a", 1),)).to_wire())
+    assert again["applied"] == [] and not again["changed"]
+    old = s.apply(MarkCompleted(1, (PlacementEntry("web-1", "a", 1),)).to_wire())
+    assert old["error"] == "stale_term"
+    # The mark survives a snapshot, and goes with its placement: moved, removed, scaled.
+    s = pickle.loads(pickle.dumps(s))
+    assert s.completed("web-0")
+    s.apply(MarkCompleted(2, (PlacementEntry("web-1", "a", 1),)).to_wire())
+    s.apply(MarkCompleted(2, (PlacementEntry("web-2", "a", 1),)).to_wire())
+    s.apply(SetPlacements(2, (PlacementEntry("web-0", "b", 1),)).to_wire())
+    s.apply(RemovePlacements(2, ("web-1",)).to_wire())
+    s.apply(ScaleWorkload("web", 2).to_wire())
+    assert not any(s.completed(f"web-{i}") for i in range(3))
+    assert s.fingerprint()["completed"] == []
+
+
+def test_a_snapshot_from_before_completed_marks_restores() -> None:
+    s = DesiredState()
+    s.apply(PutWorkload(spec()).to_wire())
+    state = dict(s.__dict__)
+    del state["_completed"]  # as pickled by an agent that had no such field
+    old = DesiredState.__new__(DesiredState)
+    old.__setstate__(state)
+    assert old.workload("web") is not None and not old.completed("web-0")
+    r = old.apply(SetPlacements(1, (PlacementEntry("web-0", "a", 1),)).to_wire())
+    assert r["applied"] == ["web-0"]
+
+
 def test_node_admin_credits_tenants() -> None:
     s = DesiredState()
     assert s.node_admin("n1").eligible is True
@@ -202,6 +249,7 @@ def test_wire_roundtrip_through_msgpack_and_json() -> None:
         PutTenant("acme", 5, None),
         DeleteTenant("acme"),
         MarkTerm(9, "127.0.0.1:4000"),
+        MarkCompleted(2, (PlacementEntry("web-0", "n1", 1),)),
     ]
     for c in commands:
         wire = c.to_wire()
@@ -245,7 +293,7 @@ nodes = st.sampled_from(["n1", "n2", "n3"])
 
 @st.composite
 def commands(draw: st.DrawFn) -> dict[str, object]:
-    kind = draw(st.integers(0, 8))
+    kind = draw(st.integers(0, 9))
     name = draw(names)
     rid = draw(st.text("abc", min_size=1, max_size=3))
     version = draw(st.one_of(st.none(), st.integers(0, 4)))
@@ -275,6 +323,12 @@ def commands(draw: st.DrawFn) -> dict[str, object]:
         c = SetCredits(term, draw(st.integers(1, 5)), {draw(nodes): draw(st.integers(-9, 9))})
     elif kind == 7:
         c = MarkTerm(term, request_id=rid)
+    elif kind == 8:
+        c = MarkCompleted(
+            term,
+            (PlacementEntry(f"{name}-{draw(st.integers(0, 4))}", draw(nodes), 1),),
+            request_id=rid,
+        )
     else:
         c = PutTenant(name, draw(st.integers(1, 9)), request_id=rid)
     return c.to_wire()  # type: ignore[attr-defined]

@@ -105,6 +105,30 @@ def test_completed_batch_replicas_stay_when_their_node_dies() -> None:
     assert not result.remove and not result.pending
 
 
+def test_a_reported_completion_is_recorded_and_then_outlives_the_node() -> None:
+    """The plan asks the state to record what the node reports completed (at the placed
+    version); once recorded, the replica stays done even when gossip no longer knows
+    its node at all."""
+    spec = WorkloadSpec.from_dict({"name": "report", "type": "batch", "command": ["x"]})
+    job = WorkloadView("report", spec, 1)
+    view = nodes(node("a"), node("b"))
+    view["b"].replicas = {"report-0": {"state": "completed", "exit_code": 0, "version": 1}}
+    result, _ = plan([job], [PlacementView("report-0", "report", "b", 1)], view, seed=1)
+    assert result.completed == [("report-0", "b", 1)] and result.empty
+    # A report of an older version does not count.
+    view["b"].replicas["report-0"]["version"] = 0
+    result, _ = plan([job], [PlacementView("report-0", "report", "b", 1)], view, seed=1)
+    assert result.completed == []
+    # Node b forgotten: without the record report-0 would run again on a...
+    forgotten = nodes(node("a"))
+    result, _ = plan([job], [PlacementView("report-0", "report", "b", 1)], forgotten, seed=1)
+    assert result.place == [("report-0", "a", 1)]
+    # ...with it, it stays done.
+    done = PlacementView("report-0", "report", "b", 1, completed=True)
+    result, _ = plan([job], [done], forgotten, seed=1)
+    assert result.empty and not result.completed and not result.pending
+
+
 def test_a_system_job_only_loses_the_dead_nodes_replica() -> None:
     spec = WorkloadSpec.from_dict({"name": "ne", "type": "system", "command": ["x"], "replicas": 3})
     placements = [PlacementView(f"ne-{i}", "ne", f"n{i + 1}", 1) for i in range(3)]

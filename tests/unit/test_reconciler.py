@@ -257,3 +257,26 @@ def test_containers_name_their_agent_instance() -> None:
 
     spec = container_spec(replica("web-0", ["serve"]), node="n1", restarts=0, agent="hy-n1-abc")
     assert spec.env["HYPHA_AGENT"] == "hy-n1-abc" and spec.env["HYPHA_NODE"] == "n1"
+
+
+async def test_a_replica_recorded_done_is_not_started_again(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A node that lost its containers (a new data dir under the same name) must not run
+    a batch replica the state records as completed; one that still has the exited
+    container keeps it, and its logs."""
+    done = replica("report-0", ["true"], restart="never", type="batch")
+    harness.desired = {"report-0": DesiredReplica("report-0", done.spec, 1, done=True)}
+    await harness.settle()
+    assert harness.host.containers == {}
+    assert harness.reports["report-0"].state == "completed"
+    assert harness.reports["report-0"].exit_code == 0
+
+    ran = replica("report-1", ["true"], restart="never", type="batch")
+    harness.desired = {"report-1": ran}
+    await harness.settle()
+    assert harness.states() == {"report-1": "completed"}
+    harness.desired = {"report-1": DesiredReplica("report-1", ran.spec, 1, done=True)}
+    await harness.settle()
+    assert list(harness.host.containers) == ["report-1"]
+    assert harness.states() == {"report-1": "completed"}
