@@ -66,6 +66,10 @@ _SIZE_UNITS = {
 }
 
 
+MAX_SIZE = 1 << 62
+"""4 EiB: sizes are int64 on every wire (msgpack, the kernel's cgroup files)."""
+
+
 def parse_size(text: Any, *, key: str = "size") -> int:
     """Parse ``"512Mi"``, ``"1GiB"``, ``"2G"`` or a plain byte count into bytes."""
     expected = f"{key}: expected a size like 512Mi or 2GiB, got {text!r}"
@@ -74,7 +78,7 @@ def parse_size(text: Any, *, key: str = "size") -> int:
     if isinstance(text, int):
         if text < 0:
             raise ConfigError(f"{key}: a size cannot be negative, got {text}")
-        return text
+        return _at_most_max_size(text, text, key)
     if not isinstance(text, str):  # a float such as 1.5 (bytes?) or a list
         raise ConfigError(expected + " (a string with a unit, or a whole number of bytes)")
     match = _SIZE_RE.match(text)
@@ -82,7 +86,15 @@ def parse_size(text: Any, *, key: str = "size") -> int:
         raise ConfigError(expected)
     number, unit = match.groups()
     # Exact arithmetic: float("9" * 400) is inf, and int(inf) raises OverflowError.
-    return int(Fraction(number) * _SIZE_UNITS[(unit or "").lower()])
+    size = int(Fraction(number) * _SIZE_UNITS[(unit or "").lower()])
+    return _at_most_max_size(size, text, key)
+
+
+def _at_most_max_size(size: int, text: object, key: str) -> int:
+    if size > MAX_SIZE:
+        shown = repr(text) if len(repr(text)) <= 40 else repr(text)[:37] + "..."
+        raise ConfigError(f"{key}: at most 4194304Ti (4 EiB), got {shown}")
+    return size
 
 
 def parse_host_port(text: str, *, key: str, default_port: int | None = None) -> tuple[str, int]:

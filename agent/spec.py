@@ -83,6 +83,7 @@ CONSTRAINT_OPS: tuple[str, ...] = ("==", "!=", "in", "not_in", "exists", "not_ex
 MAX_REPLICAS = 10_000
 #: More cores than any one machine has: a bound that keeps cpu a plain, finite number.
 MAX_CPU_CORES = 1_000_000
+MAX_PIDS = 4_194_304  # the kernel's largest pid_max
 DEFAULT_CPU_MILLICORES = 100
 DEFAULT_MEMORY_BYTES = 64 * 1024**2
 
@@ -170,7 +171,7 @@ class Resources:
         _as_int("resources.cpu_millicores", self.cpu_millicores, minimum=1)
         _as_int("resources.memory_bytes", self.memory_bytes, minimum=1024 * 1024)
         if self.pids is not None:
-            _as_int("resources.pids", self.pids, minimum=1)
+            _as_int("resources.pids", self.pids, minimum=1, maximum=MAX_PIDS)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Resources:
@@ -192,7 +193,7 @@ class Resources:
                     raise _fail(f"resources.{key}", f"must be at least 1Mi, got {data[key]!r}")
         pids = data.get("pids")
         if pids is not None:
-            pids = _as_int("resources.pids", pids, minimum=1)
+            pids = _as_int("resources.pids", pids, minimum=1, maximum=MAX_PIDS)
         return cls(cpu_millicores=cpu, memory_bytes=memory, pids=pids)
 
     def to_dict(self) -> dict[str, Any]:

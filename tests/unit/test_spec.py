@@ -212,11 +212,26 @@ def test_non_finite_and_mistyped_resources_are_field_errors(
     assert message in str(info.value)
 
 
-def test_a_size_too_large_for_a_float_is_still_a_number() -> None:
-    spec = WorkloadSpec.from_dict(
-        {"name": "w", "command": ["x"], "resources": {"memory": "9" * 400 + "Mi"}}
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        ({"memory": "9" * 400 + "Mi"}, "resources.memory: at most 4194304Ti (4 EiB), got '999"),
+        ({"memory": 10**30}, "resources.memory: at most 4194304Ti"),
+        ({"memory_bytes": (1 << 62) + 1}, "resources.memory_bytes: at most 4194304Ti"),
+        ({"pids": 10**9}, "resources.pids: must be 1..4194304, got 1000000000"),
+    ],
+)
+def test_sizes_beyond_int64_and_pids_beyond_pid_max_are_refused(
+    resources: dict[str, Any], message: str
+) -> None:
+    """They could be scheduled nowhere, and a size past int64 breaks msgpack."""
+    with pytest.raises(ConfigError) as info:
+        WorkloadSpec.from_dict({"name": "w", "command": ["x"], "resources": resources})
+    assert message in str(info.value)
+    largest = WorkloadSpec.from_dict(
+        {"name": "w", "command": ["x"], "resources": {"memory": "4194304Ti", "pids": 4194304}}
     )
-    assert spec.resources.memory_bytes == int("9" * 400) * 1024**2
+    assert largest.resources.memory_bytes == 1 << 62
 
 
 @pytest.mark.parametrize(
