@@ -46,13 +46,15 @@ def _http_host_port(address: str) -> tuple[str, int]:
         parts = urlsplit(address)
         port = parts.port  # raises ValueError when out of range or not a number
     except ValueError:
-        raise ConfigError(f"--api: {expected} with a port 1..65535, got {address!r}") from None
+        raise ConfigError(
+            f"--api (or HYPHA_API): {expected} with a port 1..65535, got {address!r}"
+        ) from None
     if not parts.hostname:
-        raise ConfigError(f"--api: no host in {address!r}; {expected}")
+        raise ConfigError(f"--api (or HYPHA_API): no host in {address!r}; {expected}")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ConfigError(f"--api: {expected} and nothing else, got {address!r}")
+        raise ConfigError(f"--api (or HYPHA_API): {expected} and nothing else, got {address!r}")
     if port == 0:
-        raise ConfigError(f"--api: {expected} with a port 1..65535, got {address!r}")
+        raise ConfigError(f"--api (or HYPHA_API): {expected} with a port 1..65535, got {address!r}")
     return parts.hostname, port or 80
 
 
@@ -72,7 +74,8 @@ class ApiClient:
             self._unix_path: str | None = address[len("unix:") :]
             if not self._unix_path:
                 raise ConfigError(
-                    "--api: unix: needs a socket path, e.g. unix:/var/lib/hypha/api.sock"
+                    "--api (or HYPHA_API): unix: needs a socket path, "
+                    "e.g. unix:/var/lib/hypha/api.sock"
                 )
             self._host = ""
             self._port = 0
@@ -80,7 +83,9 @@ class ApiClient:
             self._unix_path = None
             self._host, self._port = _http_host_port(address)
         else:
-            raise ConfigError(f"--api: expected unix:PATH or http://HOST:PORT, got {address!r}")
+            raise ConfigError(
+                f"--api (or HYPHA_API): expected unix:PATH or http://HOST:PORT, got {address!r}"
+            )
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._unix_path is not None:

@@ -58,18 +58,18 @@ def test_bad_api_address_is_one_line() -> None:
     result = hypha("--api", "ftp://x", "members")
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "hypha: error: --api: expected unix:PATH or http://HOST:PORT, got 'ftp://x'"
+        "hypha: error: --api (or HYPHA_API): expected unix:PATH or http://HOST:PORT, got 'ftp://x'"
     )
 
 
 @pytest.mark.parametrize(
     ("address", "message"),
     [
-        ("http://127.0.0.2:99999", "--api: expected http://HOST:PORT with a port 1..65535"),
-        ("http://127.0.0.2:http", "--api: expected http://HOST:PORT with a port 1..65535"),
-        ("http://:8080", "--api: no host in 'http://:8080'"),
-        ("https://127.0.0.1:8080", "--api: expected unix:PATH or http://HOST:PORT"),
-        ("http://127.0.0.1:8080/v1", "--api: expected http://HOST:PORT and nothing else"),
+        ("http://127.0.0.2:99999", "HYPHA_API): expected http://HOST:PORT with a port 1..65535"),
+        ("http://127.0.0.2:http", "HYPHA_API): expected http://HOST:PORT with a port 1..65535"),
+        ("http://:8080", "--api (or HYPHA_API): no host in 'http://:8080'"),
+        ("https://127.0.0.1:8080", "--api (or HYPHA_API): expected unix:PATH or http://HOST:PORT"),
+        ("http://127.0.0.1:8080/v1", "HYPHA_API): expected http://HOST:PORT and nothing else"),
     ],
 )
 def test_a_bad_api_from_the_environment_is_one_line(address: str, message: str) -> None:
