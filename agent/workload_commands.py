@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,18 @@ def spec_from_flags(
     return WorkloadSpec.from_dict(data)
 
 
+def wait_timeout_option(default: float, after: str = "") -> Callable[[Any], Any]:
+    """``--timeout``: how long ``--wait`` waits (what goes on after it gives up)."""
+    note = f"; {after}" if after else ""
+    return click.option(
+        "--timeout",
+        type=Seconds(),
+        default=default,
+        show_default=True,
+        help=f"Seconds --wait waits before giving up (exit 1{note}).",
+    )
+
+
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("name", required=False)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -120,13 +133,7 @@ def spec_from_flags(
     help="Node label rule: zone==a, disk!=hdd, 'zone in a,b', gpu, !gpu.",
 )
 @click.option("--wait/--no-wait", default=False, help="Wait until every replica runs.")
-@click.option(
-    "--timeout",
-    type=Seconds(),
-    default=60.0,
-    show_default=True,
-    help="Seconds --wait waits before giving up (exit 1).",
-)
+@wait_timeout_option(60.0)
 @click.option("--dry-run", is_flag=True, help="Only show where the replicas would go, and why.")
 @json_option
 @click.pass_obj
@@ -451,13 +458,7 @@ def inspect_deployment(data: dict[str, Any]) -> None:
 @click.argument("name")
 @click.argument("replicas", type=ReplicaCount())
 @click.option("--wait/--no-wait", default=False, help="Wait until that many replicas run.")
-@click.option(
-    "--timeout",
-    type=Seconds(),
-    default=60.0,
-    show_default=True,
-    help="Seconds --wait waits before giving up (exit 1).",
-)
+@wait_timeout_option(60.0)
 @json_option
 @click.pass_obj
 def scale(
@@ -519,13 +520,7 @@ def _node_admin(
 @click.argument("node")
 @click.option("--undo", is_flag=True, help="Stop draining (the node takes work again).")
 @click.option("--wait", is_flag=True, help="Show progress until nothing runs on NODE any more.")
-@click.option(
-    "--timeout",
-    type=Seconds(),
-    default=300.0,
-    show_default=True,
-    help="Seconds --wait waits before giving up (exit 1; the drain goes on).",
-)
+@wait_timeout_option(300.0, "the drain goes on")
 @json_option
 @click.pass_obj
 def drain(
@@ -591,13 +586,7 @@ def wait_for_drain(state: CliState, node: str, timeout: float, *, quiet: bool = 
     help="The workload's new spec file (TOML or JSON).",
 )
 @click.option("--wait", is_flag=True, help="Show the rolling update until it ends.")
-@click.option(
-    "--timeout",
-    type=Seconds(),
-    default=300.0,
-    show_default=True,
-    help="Seconds --wait waits before giving up (exit 1; the update goes on).",
-)
+@wait_timeout_option(300.0, "the update goes on")
 @click.option(
     "--image",
     metavar="ROOTFS_OR_LAYOUT",
