@@ -2,7 +2,9 @@
 
 Updates that were sent fewer times go first, and among those the newest first, so a
 fresh change overtakes an old one. A newer update about the same subject (a node's
-liveness, or one key of one node) replaces the queued one. Pure data, no I/O.
+liveness, or one key of one node) replaces the queued one. ``take_shared`` fills one
+packet from two queues (membership, keys), half each while both have updates. Pure
+data, no I/O.
 """
 
 from __future__ import annotations
@@ -52,8 +54,12 @@ class BroadcastQueue:
     def take(self, room: int, limit: int, overhead: int = 3) -> list[bytes]:
         """Up to ``room`` bytes of updates (each counted ``overhead`` bytes of framing
         once), the least-sent and newest first. Items sent ``limit`` times are dropped."""
+        chosen = self._choose(room - overhead)
+        self._sent(chosen, limit)
+        return [item.packed for item in chosen]
+
+    def _choose(self, left: int) -> list[_Item]:
         chosen: list[_Item] = []
-        left = room - overhead
         skipped = 0
         for transmits in sorted(self._buckets):
             for item in reversed(self._buckets[transmits].values()):
@@ -67,6 +73,9 @@ class BroadcastQueue:
                     break
             if left < 8 or skipped > 32:
                 break
+        return chosen
+
+    def _sent(self, chosen: list[_Item], limit: int) -> None:
         for item in chosen:
             bucket = self._buckets[item.transmits]
             del bucket[item.subject]
@@ -77,4 +86,23 @@ class BroadcastQueue:
                 del self._by_subject[item.subject]
             else:
                 self._buckets.setdefault(item.transmits, {})[item.subject] = item
-        return [item.packed for item in chosen]
+
+
+def take_shared(
+    first: BroadcastQueue, second: BroadcastQueue, room: int, limit: int, overhead: int = 3
+) -> list[bytes]:
+    """Fill ``room`` bytes from two queues, each sure of half of it while both have
+    updates waiting; what one leaves unused, the other gets. A storm in one queue
+    (suspicions and refutations on a lossy network, or a busy writer of keys) then
+    slows the other's updates to half speed instead of starving them."""
+    left = room - overhead
+    a = first._choose(left // 2)
+    b = second._choose(left - _size(a))
+    a = first._choose(left - _size(b))
+    first._sent(a, limit)
+    second._sent(b, limit)
+    return [item.packed for item in a] + [item.packed for item in b]
+
+
+def _size(items: list[_Item]) -> int:
+    return sum(len(item.packed) for item in items)

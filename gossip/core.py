@@ -13,7 +13,8 @@ Failure detection (SWIM with Lifeguard):
     interval -> suspect it;
   * a suspicion waits between a minimum (``suspicion_mult * log10(N+1)`` probe
     intervals) and ``suspicion_max_timeout_mult`` times that, shrinking as other
-    members independently confirm it; then the member is dead;
+    members independently confirm it; in its last few probe timeouts we ping the
+    suspect with the suspicion (its ack carries any refutation); then it is dead;
   * a suspected member refutes with a higher incarnation; a restarted member has
     a higher generation, which supersedes everything about its old self;
   * local health: missed nacks, refutations and our own stalled loop raise a
@@ -22,7 +23,9 @@ Failure detection (SWIM with Lifeguard):
 
 Dissemination: membership and key updates are piggybacked on every probe packet
 and pushed each gossip interval to a few members, each update a bounded number
-of times (``retransmit_mult * ceil(log10(N+1))``).
+of times (``retransmit_mult * ceil(log10(N+1))``). They wait in two queues that
+share each packet half and half while both have updates (either takes what the
+other leaves), so a suspicion storm cannot starve key updates, nor the reverse.
 
 Anti-entropy (scuttlebutt, chitchat style): each sync interval, a three-way
 exchange with one member: SYN (a digest of a name range) -> SYN_ACK (our digest
@@ -42,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 from gossip import wire
-from gossip.broadcast import BroadcastQueue
+from gossip.broadcast import BroadcastQueue, take_shared
 from gossip.config import GossipConfig
 from gossip.errors import StateError, WireError
 from gossip.keyring import Keyring
@@ -111,6 +114,7 @@ class _Suspicion:
     min_timeout: float
     max_timeout: float
     deadline: float
+    last_word_at: float = math.inf  # when the next last-word ping is due
 
     def recompute(self) -> None:
         if self.confirmations_wanted <= 0:
@@ -173,8 +177,10 @@ _SYNC = 5
 _HOUSEKEEPING = 6
 _RECONNECT = 7
 _SYNC_RETRY = 8
+_LAST_WORD = 9
 
 _SYNC_RETRIES = 3  # a lost SYN or SYN_ACK while catching up is resent this many times
+_LAST_WORDS = 8  # pings to a suspect, one per probe timeout, before its verdict
 
 
 class GossipNode:
@@ -203,7 +209,8 @@ class GossipNode:
         self._names: list[str] | None = None  # sorted, every known node (for digests)
         self._peers: list[str] | None = None  # alive or suspect, not us
         self._dead: list[str] | None = None  # dead (not left), not us
-        self._broadcasts = BroadcastQueue()
+        self._broadcasts = BroadcastQueue()  # membership: alive, suspect, dead, left
+        self._key_broadcasts = BroadcastQueue()  # key/value updates
         self._timers: list[tuple[float, int, int, object]] = []
         self._timer_seq = 0
         self._seq = 0
@@ -447,6 +454,8 @@ class GossipNode:
                 self._at(now + self._reconnect_interval(), _RECONNECT, None)
             elif kind == _SYNC_RETRY:
                 self._sync_retry(arg)
+            elif kind == _LAST_WORD:
+                self._last_word(arg, now, stalled)
         self._push_news(now)
         return self._take_out()
 
@@ -578,6 +587,36 @@ class GossipNode:
         suspicion.recompute()
         node.suspicion = suspicion
         self._at(suspicion.deadline, _SUSPICION, (node.name, suspicion))
+        self._plan_last_words(node.name, suspicion)
+
+    def _plan_last_words(self, name: str, suspicion: _Suspicion) -> None:
+        """Ping the suspect in the last ``_LAST_WORDS`` probe timeouts before its
+        deadline, carrying the suspicion (Lifeguard's buddy system): a live suspect
+        refutes, and its ack carries the new incarnation straight to us. Under heavy
+        loss a refutation's gossip can miss a few members; without this each of them
+        declares a live member dead. A real corpse costs each member these pings."""
+        start = max(self._now, suspicion.deadline - _LAST_WORDS * self.config.probe_timeout)
+        if start < suspicion.last_word_at:
+            suspicion.last_word_at = start
+            self._at(start, _LAST_WORD, (name, suspicion, start))
+
+    def _last_word(self, arg: object, now: float, stalled: bool) -> None:
+        assert isinstance(arg, tuple)
+        name, suspicion, when = arg
+        assert isinstance(name, str) and isinstance(suspicion, _Suspicion)
+        node = self._nodes.get(name)
+        if node is None or node.suspicion is not suspicion or node.state != "suspect":
+            return
+        if when != suspicion.last_word_at or now >= suspicion.deadline:
+            return  # superseded by an earlier plan (a confirmation), or too late
+        if not stalled and not self._leaving:
+            self._seq = (self._seq + 1) & wire.MAX_U32
+            accusation = wire.Suspect(node.name, node.generation, node.incarnation, self.name)
+            self._count("last_word_pings")
+            self._emit(node.address, wire.Ping(self._seq, node.name, (accusation,)))
+        suspicion.last_word_at = now + self.config.probe_timeout
+        if suspicion.last_word_at < suspicion.deadline:
+            self._at(suspicion.last_word_at, _LAST_WORD, (name, suspicion, suspicion.last_word_at))
 
     def _suspicion_due(self, arg: object, now: float, stalled: bool) -> None:
         assert isinstance(arg, tuple)
@@ -704,6 +743,7 @@ class GossipNode:
                 suspicion.recompute()
                 if suspicion.deadline < before:
                     self._at(suspicion.deadline, _SUSPICION, (node.name, suspicion))
+                    self._plan_last_words(node.name, suspicion)
                 self._queue(("m", node.name), msg)
             return
         node.incarnation = msg.incarnation
@@ -1083,7 +1123,11 @@ class GossipNode:
         return self.config.retransmit_mult * math.ceil(math.log10(self.cluster_size() + 1))
 
     def _queue(self, subject: tuple[str, ...], update: wire.Update) -> None:
-        self._broadcasts.queue(subject, wire.pack_update(update))
+        queue = self._key_broadcasts if subject[0] == "k" else self._broadcasts
+        queue.queue(subject, wire.pack_update(update))
+
+    def _pending(self) -> int:
+        return len(self._broadcasts) + len(self._key_broadcasts)
 
     def _queue_alive(self, node: _Node) -> None:
         self._queue(
@@ -1102,14 +1146,14 @@ class GossipNode:
     def _gossip_round(self) -> None:
         self._news = False
         self._last_gossip = self._now
-        if not len(self._broadcasts):
+        if not self._pending():
             return
         candidates = self._peer_names() + self._recently_dead()
         if not candidates:
             return
         chosen = self.rng.sample(candidates, min(len(candidates), self.config.gossip_nodes))
         for name in chosen:
-            if not len(self._broadcasts):
+            if not self._pending():
                 break
             self._emit(self._nodes[name].address, wire.Gossip())
         self._count("gossip_rounds")
@@ -1166,14 +1210,13 @@ class GossipNode:
         sender = wire.Sender(me.name, me.generation, me.incarnation, me.address)
         head, count, has_updates = wire.encode_head(sender, message)
         if has_updates:
-            if piggyback:
-                room = self._budget - len(head) - 4
-                packed = self._broadcasts.take(room, self._retransmit_limit())
-            else:
-                packed = []
             _, _, own = wire.head_fields(message)
-            if own:
-                packed = [wire.pack_update(u) for u in own] + packed
+            packed = [wire.pack_update(u) for u in own or ()]
+            if piggyback:
+                room = self._budget - len(head) - 4 - sum(len(p) for p in packed)
+                packed += take_shared(
+                    self._broadcasts, self._key_broadcasts, room, self._retransmit_limit()
+                )
             plain = wire.assemble(head, count, packed)
         else:
             plain = wire.assemble(head, count, None)
@@ -1219,5 +1262,5 @@ class GossipNode:
         out["members_suspect"] = sum(1 for n in self._nodes.values() if n.state == "suspect")
         out["members_dead"] = sum(1 for n in self._nodes.values() if n.state == "dead")
         out["awareness"] = self._awareness
-        out["broadcast_queue"] = len(self._broadcasts)
+        out["broadcast_queue"] = self._pending()
         return out

@@ -248,3 +248,75 @@ def test_a_missing_ack_gets_a_second_direct_ping_with_the_indirect_ones() -> Non
     assert pings == [(target.address, wire.Ping(probe.seq, target.name, pings[0][1].updates))]
     assert len([m for _, m in out if isinstance(m, wire.PingReq)]) == 3
     assert a.counters["probe_retries"] == 1
+
+
+def test_before_the_verdict_the_suspect_is_pinged_and_its_ack_refutes() -> None:
+    # c suspects a; b believes it, and a's refutation gossip never reaches b (lost on a
+    # lossy network). In the last probe timeouts before its deadline, b pings a with the
+    # suspicion; a refutes, and its ack carries the new incarnation back to b.
+    a, b = node("a"), node("b")
+    b.receive(packet(a, wire.Gossip()), a.address, 0.0)
+    b.receive(packet(a, wire.Gossip((wire.Suspect("a", 1, 0, "c"),))), ("c", 1), 1.0)
+    kinds(b)
+    deadline = 1.0 + 4.0  # two members: the minimum, 4 s, and no confirmations wanted
+    last_words: list[wire.Ping] = []
+    t = 1.0
+    while not last_words:
+        t = b.next_deadline()
+        assert t < deadline, "no ping to the suspect before its deadline"
+        out = opened(b.tick(t))
+        if b.counters.get("last_word_pings"):
+            last_words = [m for _, m in out if isinstance(m, wire.Ping)]
+            assert [addr for addr, m in out if isinstance(m, wire.Ping)] == [a.address]
+            assert last_words[0].target == "a"
+            assert wire.Suspect("a", 1, 0, "b") in last_words[0].updates
+    assert t >= deadline - 8 * LAN.probe_timeout  # only near the verdict: a corpse costs little
+    me = wire.Sender("b", 1, 0, b.address)
+    replies = a.receive(RING.seal(wire.encode(me, last_words[0]), b"hypha"), b.address, t)
+    assert a.incarnation == 1
+    for reply in replies:
+        if reply.address == b.address:
+            b.receive(reply.data, a.address, t + 0.01)
+    assert b.member("a").state == "alive"  # type: ignore[union-attr]
+    b.take_events()
+    while t < deadline + 1:
+        t = b.next_deadline()
+        b.tick(t)
+    # b's own probes of a go unanswered here, so it may suspect (and kill) incarnation
+    # 1 anew; the refuted incarnation 0 never dies.
+    dead = [e.member for e in b.take_events() if isinstance(e, MemberEvent) and e.kind == "dead"]
+    assert [m.incarnation for m in dead if m.name == "a"] in ([], [1])
+
+
+def test_key_updates_keep_half_of_each_packet_in_a_suspicion_storm() -> None:
+    # A lossy network fills the membership queue with fresh suspicions faster than
+    # packets drain it; a key update already sent once must still go out at once, not
+    # after every fresh suspicion (it would reach the last members through anti-entropy).
+    b = node("b")
+    members = [f"m{i:03d}" for i in range(300)]
+    b.preload([(m, 1, 0, (m, 1)) for m in members], 0.0)
+    b.set("load", "0.42", 0.0)
+    update = wire.KeyUpdate("b", 1, "load", "0.42", 1)
+    first = opened(b.receive(packet(node("m000"), wire.Ping(1, "b")), ("m000", 1), 0.1))
+    assert any(update in m.updates for _, m in first if isinstance(m, wire.Ack))
+    for m in members:  # 300 fresh suspicions: several packets' worth
+        b.receive(packet(node("m000"), wire.Gossip((wire.Suspect(m, 1, 0, "x"),))), ("x", 1), 0.2)
+    out = opened(b.receive(packet(node("m001"), wire.Ping(2, "b")), ("m001", 1), 0.3))
+    [(_, ack)] = [(a, m) for a, m in out if isinstance(m, wire.Ack)]
+    assert update in ack.updates
+    suspicions = [u for u in ack.updates if isinstance(u, wire.Suspect)]
+    assert len(suspicions) >= 10  # membership still gets its half
+
+
+def test_a_packet_with_its_own_updates_still_fits_when_the_queue_is_full() -> None:
+    b = node("b")
+    members = [f"m{i:03d}" for i in range(300)]
+    b.preload([(m, 1, 0, (m, 1)) for m in members], 0.0)
+    for m in members:
+        b.receive(packet(node("m000"), wire.Gossip((wire.Suspect(m, 1, 0, "x"),))), ("x", 1), 0.1)
+    accusation = wire.Suspect("m007", 1, 0, "b")
+    b._emit(("m007", 1), wire.Ping(9, "m007", (accusation,)))  # noqa: SLF001
+    [out] = b._take_out()  # noqa: SLF001
+    assert len(out.data) <= LAN.mtu
+    ping = wire.decode(RING.open(out.data, b"hypha")).message
+    assert isinstance(ping, wire.Ping) and ping.updates[0] == accusation and len(ping.updates) > 10

@@ -101,6 +101,17 @@ def test_thirty_percent_loss_for_ten_minutes_kills_nobody() -> None:
     run_lossy(0.30, seed=5)
 
 
+def test_a_hundred_nodes_at_thirty_percent_loss_kill_nobody() -> None:
+    # With this seed (the benchmark's false-death run), one member missed every copy of
+    # a refutation and declared n0023 dead at t=77 s before the last-word pings.
+    sim = Simulation(LAN, seed=7)
+    sim.bootstrap([f"n{i:04d}" for i in range(100)])
+    sim.run_for(5)
+    sim.loss = 0.3
+    sim.run_for(75)
+    assert deaths(sim) == [], f"seed=7: false deaths {deaths(sim)[:5]}"
+
+
 def test_a_stalled_node_does_not_get_healthy_nodes_declared_dead() -> None:
     sim = cluster(12, seed=6)
     sim.run_for(3)
