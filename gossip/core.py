@@ -231,6 +231,8 @@ class GossipNode:
         self._left_subject = ("m", name)
         self._news = False  # a join, death or leave waits in the queue: push it early
         self._last_gossip = -math.inf
+        self._behind: str | None = None  # a member a key update showed us behind on
+        self._next_pull = -math.inf
         self.last_contact = -math.inf
         self._now = 0.0
         self.counters: dict[str, int] = {}
@@ -391,6 +393,8 @@ class GossipNode:
         if isinstance(msg, wire.Ping | wire.Ack | wire.PingReq | wire.Nack | wire.Gossip):
             for update in msg.updates:
                 self._apply_update(update, now)
+            if self._behind is not None:
+                self._pull(self._behind, source, now)
         if isinstance(msg, wire.Ping):
             if msg.target == self.name:
                 self._emit(source, wire.Ack(msg.seq))
@@ -845,12 +849,19 @@ class GossipNode:
 
     def _apply_key_update(self, msg: wire.KeyUpdate, now: float) -> None:
         node = self._nodes.get(msg.node)
-        if node is None or node is self._me or node.generation != msg.generation:
+        if node is None or node.generation < msg.generation:
+            reaped = self._reaped.get(msg.node)
+            if reaped is None or reaped[0] < msg.generation:
+                self._behind = msg.node  # a member we do not know (yet): pull it
+            return
+        if node is self._me or node.generation != msg.generation:
             return
         if self._store(node, msg.key, msg.value, msg.version, now):
             if msg.version == node.watermark + 1:
                 node.watermark = msg.version
             self._queue(("k", msg.node, msg.key), msg)
+        if msg.version > node.watermark and node.state in ("alive", "suspect"):
+            self._behind = msg.node  # versions between are missing: pull them
 
     def _store(self, node: _Node, key: str, value: str | None, version: int, now: float) -> bool:
         current = node.kv.get(key)
@@ -907,9 +918,23 @@ class GossipNode:
             index += 1
         return hi_limit, tuple(entries)
 
-    def _send_syn(self, address: Address, lo_index: int) -> None:
+    def _pull(self, name: str, source: Address, now: float) -> None:
+        """A key update showed that we lack part of ``name``'s state (or ``name``
+        itself): sync the name range from ``name`` with the member that sent it, at
+        most once per gossip interval. Random anti-entropy at N=1000 visits a given
+        name about once a minute; a joiner that did not know the key's owner yet, or
+        a member that missed an earlier version, would wait that long."""
+        self._behind = None
+        if now < self._next_pull or self._leaving or source in self._syn_ranges:
+            return
+        self._next_pull = now + self.config.gossip_interval
+        self._count("gap_pulls")
+        self._send_syn(source, bisect_left(self._sorted_names(), name), lo=name)
+
+    def _send_syn(self, address: Address, lo_index: int, lo: str | None = None) -> None:
         names = self._sorted_names()
-        lo = "" if lo_index == 0 else names[lo_index]
+        if lo is None:
+            lo = "" if lo_index == 0 else names[lo_index]
         hi, digest = self._digest(lo_index, self._budget - 96)
         self._syn_ranges[address] = (lo, hi)
         self._emit(address, wire.Syn(lo, hi, digest))

@@ -320,3 +320,32 @@ def test_a_packet_with_its_own_updates_still_fits_when_the_queue_is_full() -> No
     assert len(out.data) <= LAN.mtu
     ping = wire.decode(RING.open(out.data, b"hypha")).message
     assert isinstance(ping, wire.Ping) and ping.updates[0] == accusation and len(ping.updates) > 10
+
+
+def test_a_key_update_about_an_unknown_or_half_known_member_pulls_its_range() -> None:
+    # A joiner still catching up hears a key update about a member it does not know
+    # yet: it syncs the name range from that member with the sender at once, instead
+    # of waiting for random anti-entropy to visit it (about once a minute at N=1000).
+    s, j = node("s"), node("j")
+    x = node("x")
+    s.receive(packet(x, wire.Gossip()), x.address, 0.0)
+    s.receive(packet(x, wire.Gossip((wire.KeyUpdate("x", 1, "load", "0.42", 1),))), x.address, 0.0)
+    j.receive(packet(s, wire.Gossip()), s.address, 0.0)
+    update = wire.KeyUpdate("x", 1, "load", "0.42", 1)
+    out = opened(j.receive(packet(s, wire.Gossip((update,))), s.address, 1.0))
+    [(to, syn)] = [(a, m) for a, m in out if isinstance(m, wire.Syn)]
+    assert to == s.address and syn.lo == "x"
+    assert j.counters["gap_pulls"] == 1
+    # At most one pull per gossip interval.
+    later = opened(j.receive(packet(s, wire.Gossip((update,))), s.address, 1.01))
+    assert [m for _, m in later if isinstance(m, wire.Syn)] == []
+    me = wire.Sender("j", 1, 0, j.address)
+    for reply in s.receive(RING.seal(wire.encode(me, syn), b"hypha"), j.address, 1.0):
+        if reply.address == j.address:
+            j.receive(reply.data, s.address, 1.01)
+    assert j.state_of("x") == {"load": "0.42"}
+    # A known member whose update leaves a gap below it (version 3 over watermark 1);
+    # (s is still busy answering j's catch-up chain, so this one pulls from x).
+    gap = wire.KeyUpdate("x", 1, "zone", "a", 3)
+    out = opened(j.receive(packet(x, wire.Gossip((gap,))), x.address, 2.0))
+    assert [(a, m.lo) for a, m in out if isinstance(m, wire.Syn)] == [(x.address, "x")]
