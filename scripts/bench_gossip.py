@@ -140,7 +140,10 @@ def sim_bytes(n: int, seed: int) -> float:
     return (sim.stats.bytes - before) / 30 / n
 
 
-def simulate(quick: bool, sizes: list[int]) -> None:
+SIM_PARTS = ("dissemination", "detection", "loss", "bytes")
+
+
+def simulate(quick: bool, sizes: list[int], parts: tuple[str, ...] = SIM_PARTS) -> None:
     # (crash repeats, virtual seconds at 10% loss, at 30% loss). At N=1000 and 30% loss
     # about 10% of all probes fail, the suspicions and refutations fill every
     # piggyback slot, and one virtual second costs ~7 s of CPU: that run is shorter.
@@ -157,15 +160,19 @@ def simulate(quick: bool, sizes: list[int]) -> None:
             elapsed = time.monotonic() - t0
             print(f"  N={n}: {what} ({elapsed:.0f}s)", file=sys.stderr, flush=True)
 
-        row.join_s, row.change_s = sim_dissemination(n, 1, 0.0)
-        row.join_s_loss30, row.change_s_loss30 = sim_dissemination(n, 2, 0.3)
-        step("dissemination")
-        row.detect = [sim_detection(n, 100 + s) for s in range(repeats)]
-        step("crash detection")
-        for loss, seconds in row.loss_seconds.items():
-            row.false_deaths[loss] = sim_false_deaths(n, 7, loss, seconds)
-        step("false deaths under loss")
-        row.bytes_per_node = sim_bytes(n, 9)
+        if "dissemination" in parts:
+            row.join_s, row.change_s = sim_dissemination(n, 1, 0.0)
+            row.join_s_loss30, row.change_s_loss30 = sim_dissemination(n, 2, 0.3)
+            step("dissemination")
+        if "detection" in parts:
+            row.detect = [sim_detection(n, 100 + s) for s in range(repeats)]
+            step("crash detection")
+        if "loss" in parts:
+            for loss, seconds in row.loss_seconds.items():
+                row.false_deaths[loss] = sim_false_deaths(n, 7, loss, seconds)
+            step("false deaths under loss")
+        if "bytes" in parts:
+            row.bytes_per_node = sim_bytes(n, 9)
         print_sim_row(row)
         step("done")
 
@@ -187,9 +194,10 @@ def print_sim_row(r: SimRow) -> None:
     print(
         f"| {r.n} | {rs(r.join_s)} | {rs(r.join_s_loss30)} | {rs(r.change_s)} "
         f"| {rs(r.change_s_loss30)} | {fmt(pct(r.detect, 50))} / {fmt(pct(r.detect, 99))} "
-        f"(n={len(r.detect)}) | {r.false_deaths[0.1]} / {r.false_deaths[0.3]} over "
+        f"(n={len(r.detect)}) | {r.false_deaths.get(0.1, 'not run')} / "
+        f"{r.false_deaths.get(0.3, 'not run')} over "
         f"{r.loss_seconds[0.1] / 60:g} / {r.loss_seconds[0.3] / 60:g} min "
-        f"| {r.bytes_per_node:.0f} |",
+        f"| {fmt(r.bytes_per_node, 0)} |",
         flush=True,
     )
 
@@ -545,6 +553,11 @@ def main() -> int:
     p.add_argument("--no-sim", action="store_true")
     p.add_argument("--no-real", action="store_true")
     p.add_argument("--sizes", default="10,100,1000", help="simulated cluster sizes")
+    p.add_argument(
+        "--only",
+        default=",".join(SIM_PARTS),
+        help=f"simulation columns to measure, comma-separated from {','.join(SIM_PARTS)}",
+    )
     p.add_argument("--agents", type=int, default=20)
     p.add_argument("--kills", type=int, default=10)
     p.add_argument("--loss-seconds", type=float, default=60.0)
@@ -552,7 +565,10 @@ def main() -> int:
     print(f"# scripts/bench-gossip {' '.join(sys.argv[1:])}".rstrip())
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs")
     if not args.no_sim:
-        simulate(args.quick, [int(x) for x in args.sizes.split(",")])
+        parts = tuple(args.only.split(","))
+        if unknown := set(parts) - set(SIM_PARTS):
+            p.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}")
+        simulate(args.quick, [int(x) for x in args.sizes.split(",")], parts)
     if not args.no_real:
         if shutil.which("serf") is None:
             print("\n(real-process part skipped: serf is not installed; apt-get install serf)")
