@@ -249,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 from agent import agent_command as _agent_command  # noqa: E402,F401
 from agent import commands as _commands  # noqa: E402,F401
 from agent import event_commands as _event_commands  # noqa: E402,F401
+from agent import keyring_command as _keyring_command  # noqa: E402,F401
 from agent import mcp_command as _mcp_command  # noqa: E402,F401
 from agent import rootfs_command as _rootfs_command  # noqa: E402,F401
 from agent import workload_commands as _workload_commands  # noqa: E402,F401

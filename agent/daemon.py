@@ -67,7 +67,7 @@ from agent.observe_api import routes as observe_routes
 from agent.observer import Observer
 from agent.peer import PeerClient
 from agent.reconciler import DesiredReplica, Reconciler, ReplicaReport
-from agent.secrets import derive_key, load_secret
+from agent.secrets import GOSSIP_KEY_PURPOSE, derive_key, load_secret
 from agent.server import serve_api, tcp_listener, unix_listener
 from agent.spec import WorkloadSpec, split_replica_id
 from agent.workloads import (
@@ -328,12 +328,12 @@ class Agent:
         return getattr(gossip.GossipConfig, preset)()
 
     def _keyring(self) -> Any:
-        primary = derive_key(self._secret, "gossip-key-0")
+        primary = derive_key(self._secret, GOSSIP_KEY_PURPOSE)
         if self.config.keyring is not None:
             try:
                 keyring = gossip.Keyring.load(self.config.keyring)
             except gossip.GossipError as exc:
-                raise SecretError(f"keyring: {exc}") from exc
+                raise SecretError(f"--keyring: {exc}") from exc
             known: list[bytes] = keyring.keys()
             if primary not in known:
                 keyring.install(primary)

@@ -18,4 +18,11 @@ def mcp(state: CliState) -> None:
         raise HyphaError(
             f"`hypha mcp` needs the mcp extra ({exc.name} is missing): pip install 'hypha[mcp]'"
         ) from exc
-    serve_stdio(state.client)
+    try:
+        serve_stdio(state.client)
+    except BaseExceptionGroup as group:
+        # The client closed its end of stdio while a reply was being written: it has
+        # gone, which ends the session; anything else is a real error.
+        _gone, rest = group.split((BrokenPipeError, ConnectionResetError))
+        if rest is not None:
+            raise

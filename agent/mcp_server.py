@@ -19,6 +19,7 @@ from mcp.server.fastmcp.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from agent import __version__
 from agent.client import ApiClient, path_of
 from agent.errors import HyphaError
 
@@ -69,7 +70,10 @@ def build_spec(
 
 def create_server(client_factory: Callable[[], ApiClient]) -> FastMCP:
     """The MCP server with every Hypha tool, talking to the agent ``client_factory`` gives."""
-    server = FastMCP("hypha", instructions=INSTRUCTIONS)
+    # WARNING: the SDK logs every request at INFO on stderr, which an MCP client shows.
+    server = FastMCP("hypha", instructions=INSTRUCTIONS, log_level="WARNING")
+    # FastMCP takes no version; without one the SDK reports its own in serverInfo.
+    server._mcp_server.version = __version__
 
     async def call(method: str, path: str, body: Any = None) -> Any:
         def blocking() -> Any:

@@ -249,7 +249,7 @@ class AgentCollector(Collector):
         yield octets
         drops = CounterMetricFamily(
             "hypha_gossip_drops",
-            "Datagrams dropped, by reason (decrypt, decode, oversize, from_self...).",
+            "Datagrams dropped, by reason: " + ", ".join(DROP_REASONS) + ".",
             labels=["reason"],
         )
         reasons = dict.fromkeys(DROP_REASONS, 0)

@@ -82,6 +82,11 @@ def load_secret(path: Path) -> bytes:
     return decode_secret(text, source=str(path))
 
 
+GOSSIP_KEY_PURPOSE = "gossip-key-0"
+"""What gossip's key is derived for: the agent seals with it when run without
+``--keyring``, and ``hypha keyring init`` writes it to a keyring file."""
+
+
 def derive_key(secret: bytes, purpose: str, length: int = 32) -> bytes:
     """A key for one ``purpose`` (``"raft-password"``, ``"gossip-key-0"``) from the secret."""
     hkdf = HKDF(algorithm=hashes.SHA256(), length=length, salt=b"hypha", info=purpose.encode())

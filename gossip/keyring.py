@@ -158,7 +158,9 @@ class Keyring:
                 )
             keys.append(key)
         if not keys:
-            raise KeyringError(f"keyring file {path} holds no key")
+            raise KeyringError(
+                f"{path} holds no key (one base64 key per line, the sealing key first)"
+            )
         return cls(keys[0], keys[1:])
 
     def save(self, path: str | os.PathLike[str]) -> None:

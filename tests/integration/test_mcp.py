@@ -14,6 +14,7 @@ import trio
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+from agent import __version__
 from agent.errors import HyphaError
 from tests.integration.agents import LocalCluster
 
@@ -37,7 +38,9 @@ async def with_session(api: str, fn: Any) -> Any:
         stdio_client(server_params(api)) as (read, write),
         ClientSession(read, write) as session,
     ):
-        await session.initialize()
+        hello = await session.initialize()
+        # Hypha's own version, not the SDK's.
+        assert (hello.serverInfo.name, hello.serverInfo.version) == ("hypha", __version__)
         return await fn(session)
 
 
