@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from agent.cli import CliState, cli
-from agent.errors import ApiError
+from agent.errors import ApiError, HyphaError
 from agent.events import KINDS
 
 KIND_HELP = "Only these kinds, or a prefix (repeatable): " + ", ".join(
@@ -71,3 +71,8 @@ def events(
         if not follow:
             raise
         # Ctrl-C is how a followed stream ends: not an error.
+        return
+    if follow:
+        # Only the user ends a followed stream; the agent ending it means it stopped
+        # (or is stopping): say so rather than exit 0 as if all were well.
+        raise HyphaError("the agent closed the event stream (did it stop?)")

@@ -13,9 +13,16 @@ from typing import Any
 import click
 
 from agent.cli import CliState, ReplicaCount, Seconds, cli, emit_json, json_option, print_table
-from agent.client import path_of
+from agent.client import ApiClient, path_of
 from agent.errors import ConfigError, HyphaError, NotFoundError
-from agent.spec import Constraint, RestartPolicy, WorkloadSpec, parse_cpu, parse_env_flags
+from agent.spec import (
+    Constraint,
+    RestartPolicy,
+    WorkloadSpec,
+    parse_cpu,
+    parse_env_flags,
+    split_replica_id,
+)
 
 
 def _ago(stamp: float | None) -> str:
@@ -491,16 +498,102 @@ def rm(state: CliState, names: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command()
 @click.argument("replica")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new output.")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep printing new output until Ctrl-C, across restarts and moves to other nodes.",
+)
 @click.option("--tail", "-n", type=click.IntRange(0), default=None, help="Only the last N lines.")
 @click.pass_obj
 def logs(state: CliState, replica: str, follow: bool, tail: int | None) -> None:
-    """Print a replica's output (stdout and stderr), from whichever node runs it."""
+    """Print a replica's output (stdout and stderr), from whichever node runs it.
+
+    With --follow, when its container ends and the replica runs again (restarted, or
+    moved to another node by a drain or a node failure), a line on stderr says so and
+    the new container's output follows from its start. It ends with exit 1 when the
+    replica is gone (its workload removed or scaled down) or exited for good, with
+    exit 0 when it completed."""
+    client = state.client()
+    if not follow:
+        _print_log_stream(client, replica, tail=tail, follow=False)
+        return
+    workload, _ = split_replica_id(replica)
+    # What we follow: a container is its node and its start time. Looked up before the
+    # stream opens, so a restart in between is seen as one after it.
+    try:
+        row = _replica_row(client, workload, replica)
+    except HyphaError:
+        row = None  # the stream below says what is wrong
+    _print_log_stream(client, replica, tail=tail, follow=True)
+    seen = _container_of(row)
+    while True:
+        row = _wait_for_next_container(client, workload, replica, seen)
+        if row is None:
+            return  # completed: its whole output is printed
+        how = "restarted on" if row.get("node") == seen[0] else "moved to"
+        click.echo(f"hypha: {replica} {how} {row.get('node')}; following", err=True)
+        seen = _container_of(row)
+        try:
+            _print_log_stream(client, replica, tail=None, follow=True)
+        except NotFoundError:
+            continue  # gone again before its output could be read: look once more
+
+
+def _print_log_stream(client: ApiClient, replica: str, *, tail: int | None, follow: bool) -> None:
     query = {"tail": tail, "follow": "1" if follow else None}
-    for item in state.client().stream(path_of("v1", "logs", replica), query=query):
+    for item in client.stream(path_of("v1", "logs", replica), query=query):
         if "error" in item:
             raise HyphaError(str(item["error"]))
         click.echo(item.get("line", ""))
+
+
+def _container_of(row: dict[str, Any] | None) -> tuple[str | None, float | None]:
+    """Which container a replica row is about: its node and when it started."""
+    if row is None:
+        return (None, None)
+    return (row.get("node"), row.get("started_at"))
+
+
+class ReplicaGoneError(HyphaError):
+    """The replica a command follows no longer exists (workload removed or scaled down)."""
+
+
+def _replica_row(client: ApiClient, workload: str, replica: str) -> dict[str, Any]:
+    try:
+        rows = client.get(path_of("v1", "workloads", workload, "replicas"))["replicas"]
+    except NotFoundError:
+        raise ReplicaGoneError(f"{replica} is gone: workload {workload} was removed") from None
+    for row in rows:
+        if row["replica_id"] == replica:
+            return dict(row)
+    raise ReplicaGoneError(f"{replica} is gone: {workload} now has {len(rows)} replica(s)")
+
+
+#: How often ``logs -f`` asks whether a replica whose container ended runs again.
+LOG_FOLLOW_POLL = 0.5
+
+
+def _wait_for_next_container(
+    client: ApiClient, workload: str, replica: str, seen: tuple[str | None, float | None]
+) -> dict[str, Any] | None:
+    """After a followed container ended: wait until the replica runs in another one (a
+    restart, or a move to another node) and return its row; None if it completed.
+    Raises when it is gone or exited for good. A row that still shows the container
+    just followed as running is its node's report lagging behind: wait for the next."""
+    while True:
+        row = _replica_row(client, workload, replica)
+        if row["state"] == "running" and _container_of(row) != seen:
+            return row
+        if row["state"] == "completed":
+            click.echo(f"hypha: {replica} completed", err=True)
+            return None
+        if row["state"] == "exited":
+            raise HyphaError(
+                f"{replica} exited with code {row.get('exit_code')} on {row.get('node')} "
+                "and will not restart"
+            )
+        time.sleep(LOG_FOLLOW_POLL)
 
 
 def _node_admin(

@@ -4,14 +4,16 @@ reads when a workload is unknown, fails to start, or loses its image in an updat
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from agent.api import ApiApp
+from agent import workload_commands
+from agent.api import ApiApp, Request, StreamResponse
 from agent.cli import main
 from agent.daemon import refuse_host_command_on_oci
 from agent.errors import ConfigError, NotFoundError
@@ -32,6 +34,15 @@ class ScriptedBackend:
         self.workloads: dict[str, dict[str, Any]] = {}
         self.rows: list[dict[str, Any]] = []
         self.puts: list[tuple[dict[str, Any], bool]] = []
+        # Each logs() call serves the next (output, then) pair: ``then`` runs once the
+        # output is sent, before the stream ends (the container ended meanwhile).
+        self.log_streams: list[tuple[bytes, Callable[[], None]]] = []
+        self.log_calls: list[tuple[str, int | None, bool]] = []
+        # Replica rows that later list_replicas calls answer, one list per call (the
+        # last one stays): node reports that change while a command polls.
+        self.rows_ahead: list[list[dict[str, Any]]] = []
+        # What /v1/events serves before it ends the stream.
+        self.events: list[dict[str, Any]] = []
 
     def add(self, spec: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         parsed = WorkloadSpec.from_dict(spec)
@@ -72,6 +83,8 @@ class ScriptedBackend:
         return {"name": name, "deleted": True}
 
     async def list_replicas(self, workload: str | None) -> list[dict[str, Any]]:
+        if self.rows_ahead:
+            self.rows = self.rows_ahead.pop(0)
         return [copy.deepcopy(r) for r in self.rows if workload in (None, r["workload"])]
 
     async def list_nodes(self) -> list[dict[str, Any]]:
@@ -95,8 +108,18 @@ class ScriptedBackend:
         return {}
 
     async def logs(self, replica: str, *, tail: int | None, follow: bool) -> AsyncIterator[bytes]:
-        raise NotFoundError(f"no replica named {replica!r}")
-        yield b""  # pragma: no cover - makes this an async generator
+        if not self.log_streams:
+            raise NotFoundError(f"no replica named {replica!r}")
+        self.log_calls.append((replica, tail, follow))
+        output, then = self.log_streams.pop(0)
+        yield output
+        then()
+
+    async def h_events(self, request: Request) -> StreamResponse:
+        async def lines() -> AsyncIterator[bytes]:
+            yield b"".join(json.dumps(e).encode() + b"\n" for e in self.events) or b"\n"
+
+        return StreamResponse(lines(), "application/x-ndjson")
 
 
 def row(rid: str, state: str, **extra: Any) -> dict[str, Any]:
@@ -149,7 +172,8 @@ async def hypha(
     capsys: pytest.CaptureFixture[str],
 ) -> Cli:
     path = tmp_path / "api.sock"
-    await nursery.start(serve_api, ApiApp(backend), unix_listener(path))
+    app = ApiApp(backend, extra_routes=[("GET", "/v1/events", backend.h_events)])
+    await nursery.start(serve_api, app, unix_listener(path))
     return Cli(f"unix:{path}", capsys)
 
 
@@ -262,6 +286,91 @@ async def test_update_image_takes_a_relative_path_as_run_does(
     code, _, err = await hypha("update", "-f", str(file), "--image", "/x", "--no-image")
     assert code == 1
     assert err == "hypha: error: give --image or --no-image, not both\n"
+
+
+# -- following: logs -f across restarts and moves, events -f when the agent stops ------
+
+
+async def test_logs_follow_goes_on_across_a_restart_and_a_move(
+    hypha: Cli, backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workload_commands, "LOG_FOLLOW_POLL", 0.0)
+    backend.add(WEB, [row("web-0", "running", started_at=100.0)])
+
+    def killed() -> None:
+        # n1's report lags: first still the old container, then its exit, then the new one.
+        backend.rows_ahead = [
+            [row("web-0", "running", started_at=100.0)],
+            [row("web-0", "backoff", exit_code=137, started_at=100.0)],
+            [row("web-0", "running", started_at=200.0, restarts=1)],
+        ]
+
+    def drained() -> None:
+        backend.rows_ahead = [[row("web-0", "running", node="n2", started_at=300.0)]]
+
+    def removed() -> None:
+        backend.workloads.clear()
+        backend.rows = []
+
+    backend.log_streams = [(b"one\n", killed), (b"two\n", drained), (b"three\n", removed)]
+    code, out, err = await hypha("logs", "web-0", "-f", "--tail", "5")
+    assert out == "one\ntwo\nthree\n"
+    assert err.splitlines() == [
+        "hypha: web-0 restarted on n1; following",
+        "hypha: web-0 moved to n2; following",
+        "hypha: error: web-0 is gone: workload web was removed",
+    ]
+    assert code == 1
+    # The first stream from --tail, the next ones from their start.
+    assert backend.log_calls == [("web-0", 5, True), ("web-0", None, True), ("web-0", None, True)]
+
+
+@pytest.mark.parametrize(
+    ("after", "code", "last"),
+    [
+        ([row("web-0", "completed", exit_code=0)], 0, "hypha: web-0 completed"),
+        (
+            [row("web-0", "exited", exit_code=3)],
+            1,
+            "hypha: error: web-0 exited with code 3 on n1 and will not restart",
+        ),
+        ([row("web-1", "running")], 1, "hypha: error: web-0 is gone: web now has 1 replica(s)"),
+    ],
+)
+async def test_logs_follow_ends_with_what_became_of_the_replica(
+    hypha: Cli,
+    backend: ScriptedBackend,
+    monkeypatch: pytest.MonkeyPatch,
+    after: list[dict[str, Any]],
+    code: int,
+    last: str,
+) -> None:
+    monkeypatch.setattr(workload_commands, "LOG_FOLLOW_POLL", 0.0)
+    backend.add(WEB, [row("web-0", "running", started_at=100.0)])
+    backend.log_streams = [(b"out\n", lambda: setattr(backend, "rows", after))]
+    result = await hypha("logs", "web-0", "-f")
+    assert (result[0], result[1], result[2].splitlines()) == (code, "out\n", [last])
+
+
+async def test_logs_without_follow_print_once(hypha: Cli, backend: ScriptedBackend) -> None:
+    backend.add(WEB, [row("web-0", "running", started_at=100.0)])
+    backend.log_streams = [(b"out\n", lambda: None)]
+    assert await hypha("logs", "web-0") == (0, "out\n", "")
+    assert backend.log_calls == [("web-0", None, False)]
+
+
+async def test_events_follow_says_when_the_agent_ends_the_stream(
+    hypha: Cli, backend: ScriptedBackend
+) -> None:
+    backend.events = [{"seq": 1, "time": 0, "kind": "member.joined", "message": "node n2 joined"}]
+    code, out, err = await hypha("events", "-f")
+    assert code == 1
+    assert "member.joined" in out
+    assert err == "hypha: error: the agent closed the event stream (did it stop?)\n"
+    # Without --follow the end of the history is the end asked for.
+    code, out, err = await hypha("events")
+    assert (code, err) == (0, "")
+    assert "member.joined" in out
 
 
 @pytest.mark.parametrize(
