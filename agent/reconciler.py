@@ -269,6 +269,20 @@ class Reconciler:
                         reports[rid] = self._report(want, status, "stopping")
                 elif status.id not in self._stopping:  # else its stop removes it
                     actions.remove.append(status.id)
+                if want is None and (
+                    status.state in ("running", "created", "unknown") or status.id in self._stopping
+                ):
+                    # No longer placed here (moved off a draining node, workload removed)
+                    # but still here until its stop grace ends: say so, so that the node's
+                    # report lists every container it still has (`drain --wait` waits
+                    # for that). Without a uid: no workload takes it for its replica.
+                    reports[rid] = ReplicaReport(
+                        rid,
+                        status.labels.get(LABEL_WORKLOAD, ""),
+                        "stopping",
+                        int(status.labels.get(LABEL_VERSION, "0") or 0),
+                        started_at=status.started_at,
+                    )
 
         for rid, want in desired.items():
             current = actual.get(rid)

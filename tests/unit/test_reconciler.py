@@ -171,10 +171,33 @@ async def test_a_slow_stop_does_not_hold_up_a_start(
     assert "old-0" in harness.host.containers
     harness.desired = {"new-0": replica("new-0", ["serve"])}
     await harness.settle(2)
-    assert harness.states() == {"new-0": "running"}
+    assert harness.states() == {"new-0": "running", "old-0": "stopping"}
     assert "old-0" in harness.host.containers  # still in its grace
     await harness.settle(30)
     assert sorted(harness.host.containers) == ["new-0"]
+
+
+async def test_a_container_no_longer_placed_is_reported_until_it_is_gone(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A replica moved off this node (a drain) or removed: its container stays for its
+    stop grace, and the node's report says so; `drain --wait` counts on that (it said
+    "drained" while the last container was still in its grace)."""
+    harness.desired = {"web-0": replica("web-0", ["ignore-term"], stop_grace=3)}
+    await harness.settle()
+    started_at = harness.reports["web-0"].started_at
+    harness.desired = {}
+    await harness.settle(1)
+    assert "web-0" in harness.host.containers
+    report = harness.reports["web-0"]
+    assert (report.state, report.workload, report.version) == ("stopping", "web", 1)
+    assert report.started_at == started_at
+    assert report.uid == ""  # no workload takes it for its current replica
+    await harness.settle(1)
+    assert harness.states() == {"web-0": "stopping"}  # every pass until it is gone
+    await harness.settle(3)
+    assert "web-0" not in harness.host.containers
+    assert harness.states() == {}
 
 
 async def test_a_container_no_longer_placed_gets_its_workloads_grace(
