@@ -598,21 +598,27 @@ def _wait_for_next_container(
 
 def _node_admin(
     state: CliState, node: str, route: str, body: dict[str, Any], as_json: bool
-) -> None:
-    result = state.client().post(path_of("v1", "nodes", node, route), body)
+) -> dict[str, Any]:
+    result: dict[str, Any] = state.client().post(path_of("v1", "nodes", node, route), body)
     if as_json:
         emit_json(result)
-        return
+        return result
     flags = []
     flags.append("draining" if result.get("draining") else "not draining")
     flags.append("eligible" if result.get("eligible") else "ineligible")
     click.echo(f"node {node}: {', '.join(flags)}")
+    return result
 
 
 @cli.command()
 @click.argument("node")
 @click.option("--undo", is_flag=True, help="Stop draining (the node takes work again).")
-@click.option("--wait", is_flag=True, help="Show progress until nothing runs on NODE any more.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Show progress until no replica is placed on NODE and no container is left on it "
+    "(not with --undo).",
+)
 @wait_timeout_option(300.0, "the drain goes on")
 @json_option
 @click.pass_obj
@@ -622,9 +628,15 @@ def drain(
     """Move every replica off NODE and give it no new work.
 
     Replicas move at most their workload's drain.max_unavailable at a time, and a
-    service's old replica keeps running until its replacement runs elsewhere."""
+    service's old replica keeps running until its replacement runs elsewhere.
+    `--undo` ends the drain: NODE takes new work again (what moved away stays away)."""
+    if undo and wait:
+        # Nothing comes back to an undrained node by itself: there is nothing to wait for.
+        raise click.UsageError(
+            "--wait waits until a drain has emptied the node; --undo takes effect at once"
+        )
     _node_admin(state, node, "drain", {"draining": not undo}, as_json and not wait)
-    if wait and not undo:
+    if wait:
         left = wait_for_drain(state, node, timeout, quiet=as_json)
         if as_json:
             emit_json({"name": node, "draining": True, "left": left})
@@ -636,8 +648,10 @@ def drain(
 
 
 def wait_for_drain(state: CliState, node: str, timeout: float, *, quiet: bool = False) -> int:
-    """Poll until nothing runs on NODE any more (completed batch replicas stay where
-    they ran); print each change. Returns how many replicas were left (0: drained)."""
+    """Poll until no replica is placed on NODE (completed batch replicas stay where
+    they ran) and NODE reports no container (a moved replica's old container stays
+    until its replacement runs and then for its stop grace); print each change.
+    Returns how many replicas were left (0: drained)."""
     client = state.client()
     deadline = time.monotonic() + timeout
     last = ""
@@ -646,20 +660,23 @@ def wait_for_drain(state: CliState, node: str, timeout: float, *, quiet: bool = 
         rows = client.get("/v1/replicas")["replicas"]
         here = [r for r in rows if r.get("node") == node and r["state"] != "completed"]
         placed_here = {r["replica_id"] for r in rows if r.get("node") == node}
-        handing_off = [rid for rid in data.get("replicas") or [] if rid not in placed_here]
+        leaving = [rid for rid in data.get("replicas") or [] if rid not in placed_here]
         moving = [
             r for r in rows if r.get("node") != node and r["state"] in ("assigned", "starting")
         ]
-        line = f"{node}: {len(here)} replica(s) to move, {len(handing_off)} handing off"
+        line = f"{node}: {len(here)} replica(s) to move, {len(leaving)} handing off or stopping"
         if moving:
             line += f", {len(moving)} starting elsewhere"
         if not quiet and line != last:
             click.echo(line, err=True)
             last = line
-        left = len(here) + len(handing_off)
+        left = len(here) + len(leaving)
         if left == 0:
             if not quiet:
-                click.echo(f"{node} is drained", err=True)
+                click.echo(
+                    f"{node} is drained: no replica is placed on it and no container is left",
+                    err=True,
+                )
             return 0
         if time.monotonic() >= deadline:
             if not quiet:
@@ -667,7 +684,11 @@ def wait_for_drain(state: CliState, node: str, timeout: float, *, quiet: bool = 
                     why = r.get("error") or "waiting for others of its workload to run again"
                     click.echo(f"  {r['replica_id']} still on {node}: {why}", err=True)
             return left
-        time.sleep(0.5)
+        time.sleep(DRAIN_POLL)
+
+
+#: How often ``drain --wait`` looks at the node.
+DRAIN_POLL = 0.5
 
 
 @cli.command()
@@ -799,8 +820,17 @@ def last_rollout_message(state: CliState, name: str) -> str:
 @json_option
 @click.pass_obj
 def eligible(state: CliState, node: str, off: bool, as_json: bool) -> None:
-    """Let NODE take new work again (or not, with --off); its replicas stay."""
-    _node_admin(state, node, "eligibility", {"eligible": not off}, as_json)
+    """Let NODE take new work again (or not, with --off); its replicas stay.
+
+    A draining node takes no new work whether eligible or not: `hypha drain NODE
+    --undo` ends the drain."""
+    result = _node_admin(state, node, "eligibility", {"eligible": not off}, as_json)
+    if result.get("draining") and not off:
+        click.echo(
+            f"hypha: {node} still drains and takes no new work; "
+            f"`hypha drain {node} --undo` ends the drain",
+            err=True,
+        )
 
 
 @cli.command()

@@ -41,6 +41,10 @@ class ScriptedBackend:
         # Replica rows that later list_replicas calls answer, one list per call (the
         # last one stays): node reports that change while a command polls.
         self.rows_ahead: list[list[dict[str, Any]]] = []
+        # Node admin states, and the node rows later get_node calls answer, one per
+        # call (the last one stays): a node's report of its containers as it changes.
+        self.admin: dict[str, dict[str, bool]] = {}
+        self.nodes_ahead: list[dict[str, Any]] = []
         # What /v1/events serves before it ends the stream.
         self.events: list[dict[str, Any]] = []
 
@@ -91,12 +95,19 @@ class ScriptedBackend:
         return []
 
     async def get_node(self, name: str) -> dict[str, Any]:
-        raise NotFoundError(f"no node named {name!r}")
+        if not self.nodes_ahead or self.nodes_ahead[0]["name"] != name:
+            raise NotFoundError(f"no node named {name!r}")
+        return self.nodes_ahead.pop(0) if len(self.nodes_ahead) > 1 else self.nodes_ahead[0]
 
     async def set_node_admin(
         self, name: str, *, draining: bool | None, eligible: bool | None
     ) -> dict[str, Any]:
-        return {"name": name, "draining": draining, "eligible": eligible}
+        admin = self.admin.setdefault(name, {"draining": False, "eligible": True})
+        if draining is not None:
+            admin["draining"] = draining
+        if eligible is not None:
+            admin["eligible"] = eligible
+        return {"name": name, **admin}
 
     async def plan_workload(self, spec: dict[str, Any]) -> dict[str, Any]:
         return {"name": WorkloadSpec.from_dict(spec).name, "replicas": []}
@@ -371,6 +382,53 @@ async def test_events_follow_says_when_the_agent_ends_the_stream(
     code, out, err = await hypha("events")
     assert (code, err) == (0, "")
     assert "member.joined" in out
+
+
+# -- drains ----------------------------------------------------------------------------
+
+
+async def test_drain_wait_ends_when_the_node_has_no_container_left(
+    hypha: Cli, backend: ScriptedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workload_commands, "DRAIN_POLL", 0.0)
+    # web-0 moved to n2 and runs there; n1 still reports its old container (in its
+    # stop grace) twice more, then nothing.
+    backend.rows = [row("web-0", "running", node="n2")]
+    backend.nodes_ahead = [
+        {"name": "n1", "replicas": ["web-0"]},
+        {"name": "n1", "replicas": ["web-0"]},
+        {"name": "n1", "replicas": []},
+    ]
+    code, out, err = await hypha("drain", "n1", "--wait")
+    assert code == 0
+    assert out == "node n1: draining, eligible\n"
+    assert err.splitlines() == [
+        "n1: 0 replica(s) to move, 1 handing off or stopping",
+        "n1: 0 replica(s) to move, 0 handing off or stopping",
+        "n1 is drained: no replica is placed on it and no container is left",
+    ]
+    assert backend.nodes_ahead == [{"name": "n1", "replicas": []}]  # it asked until then
+
+
+async def test_drain_undo_refuses_wait_and_eligible_points_to_it(
+    hypha: Cli, backend: ScriptedBackend
+) -> None:
+    code, out, err = await hypha("drain", "n1", "--undo", "--wait")
+    assert (code, out) == (2, "")
+    assert err == (
+        "hypha: error: --wait waits until a drain has emptied the node; --undo takes effect "
+        "at once (see `hypha drain --help`)\n"
+    )
+    assert backend.admin == {}  # refused before anything changed
+
+    assert (await hypha("drain", "n1"))[:2] == (0, "node n1: draining, eligible\n")
+    code, out, err = await hypha("eligible", "n1")
+    assert (code, out) == (0, "node n1: draining, eligible\n")
+    assert err == (
+        "hypha: n1 still drains and takes no new work; `hypha drain n1 --undo` ends the drain\n"
+    )
+    assert await hypha("drain", "n1", "--undo") == (0, "node n1: not draining, eligible\n", "")
+    assert await hypha("eligible", "n1") == (0, "node n1: not draining, eligible\n", "")
 
 
 @pytest.mark.parametrize(
