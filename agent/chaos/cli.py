@@ -19,11 +19,23 @@ from agent.chaos.faults import ChaosError, LocalAgent
 from agent.errors import HyphaError
 
 
-def _agents() -> dict[str, LocalAgent]:
+def _agents(*, required: bool = True) -> list[LocalAgent]:
+    """The agents in scope: this machine's, or only those under ``--cluster DIR``."""
+    cluster: Path | None = click.get_current_context().find_root().params.get("cluster")
     agents = faults.discover_local_agents()
-    if not agents:
+    if required and not agents:
         raise ChaosError("no hypha agent is running on this machine")
+    if cluster is not None:
+        agents = faults.under(agents, cluster)
+        if required and not agents:
+            raise ChaosError(f"no agent running here has its data dir under {cluster}")
     return agents
+
+
+def _tag(agents: Sequence[LocalAgent]) -> str:
+    """The comment of the rules for ``agents``: their cluster's (see ``heal --help``)."""
+    cluster: Path | None = click.get_current_context().find_root().params.get("cluster")
+    return faults.cluster_tag(cluster) if cluster is not None else faults.tag_for(agents)
 
 
 def _hold_then_heal(rules: list[faults.Rule], seconds: float | None) -> None:
@@ -49,21 +61,33 @@ def _hold_then_heal(rules: list[faults.Rule], seconds: float | None) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def chaos() -> None:
+@click.option(
+    "--cluster",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Only the agents whose data dir is under DIR (the --dir of `hypha up`), when "
+    "several local clusters run; their rules are tagged with DIR.",
+)
+def chaos(cluster: Path | None) -> None:
     """Break the Hypha agents on this machine on purpose.
 
-    Agents are found by name among this machine's processes. Network faults are
-    iptables rules on INPUT tagged 'hypha-chaos'; `heal` removes all of them. On
-    real hosts, run the same command on every host: each adds the rules for the
-    traffic it receives.
+    Agents are found among this machine's processes. NODE is an agent's name, or,
+    when two local clusters both have that name, its address (IP:PORT) or its data
+    dir (see `list`); or narrow every command to one cluster with --cluster DIR.
+    Network faults are iptables rules on INPUT tagged 'hypha-chaos' and their
+    cluster's directory; `heal` removes them. On real hosts, run the same command on
+    every host: each adds the rules for the traffic it receives.
     """
 
 
 @chaos.command("list")
 def list_agents() -> None:
     """Show the local agents chaos can reach, and the chaos rules in force."""
-    for agent in sorted(faults.discover_local_agents().values(), key=lambda a: a.name):
-        click.echo(f"{agent.name:<16} pid={agent.pid:<8} address={agent.ip}:{agent.gossip_port}")
+    for agent in sorted(_agents(required=False), key=lambda a: (a.name, a.pid)):
+        click.echo(
+            f"{agent.name:<16} pid={agent.pid:<8} address={faults.address_of(agent):<21} "
+            f"data_dir={agent.data_dir or '?'}"
+        )
     try:
         rules = faults.tagged_rules()
     except ChaosError:
@@ -104,11 +128,9 @@ def restart(node: str, grace: float) -> None:
     click.echo(f"restarted {agent.name}: pid {agent.pid} -> {child.pid}")
 
 
-def _groups(specs: Sequence[str], agents: dict[str, LocalAgent]) -> list[list[LocalAgent]]:
+def _groups(specs: Sequence[str], agents: list[LocalAgent]) -> list[list[LocalAgent]]:
     groups = [faults.resolve([n for n in spec.split(",") if n], agents) for spec in specs]
-    faults.check_cluster_addresses(
-        (a.ip for g in groups for a in g), (a.ip for a in agents.values())
-    )
+    faults.check_cluster_addresses((a.ip for g in groups for a in g), (a.ip for a in agents))
     return groups
 
 
@@ -121,7 +143,8 @@ def partition(groups: tuple[str, ...], seconds: float | None) -> None:
     Agents not named in any group keep talking to everyone.
     """
     agents = _agents()
-    rules = faults.partition_rules(_groups(groups, agents))
+    chosen = _groups(groups, agents)
+    rules = faults.partition_rules(chosen, tag=_tag([a for g in chosen for a in g]))
     _hold_then_heal(rules, seconds)
 
 
@@ -133,14 +156,25 @@ def loss(node: str, percent: float, seconds: float | None) -> None:
     """Drop PERCENT of the packets between NODE and the other agents (both ways)."""
     agents = _agents()
     (target,) = faults.resolve([node], agents)
-    rules = faults.loss_rules(target, list(agents.values()), percent)
+    # Its peers: the agents in scope, or without --cluster those of its own cluster
+    # (their data dirs in one directory, as `hypha up` makes them) if it has one.
+    tag = _tag([target])
+    peers = agents
+    if click.get_current_context().find_root().params.get("cluster") is None and tag != faults.TAG:
+        peers = [a for a in agents if faults.tag_for([a]) == tag]
+    rules = faults.loss_rules(target, peers, percent, tag=tag)
     _hold_then_heal(rules, seconds)
 
 
 @chaos.command("heal")
-def heal_command() -> None:
-    """Remove every iptables rule chaos added (tagged 'hypha-chaos')."""
-    removed = faults.heal()
+@click.pass_context
+def heal_command(ctx: click.Context) -> None:
+    """Remove the iptables rules chaos added. `scripts/chaos --cluster DIR heal`
+    removes only the rules for the agents under DIR; plain `heal` removes every rule
+    tagged 'hypha-chaos' on this host, another local cluster's too (`list` shows each
+    rule with its cluster's directory)."""
+    cluster: Path | None = ctx.find_root().params.get("cluster")
+    removed = faults.heal(faults.cluster_tag(cluster) if cluster is not None else faults.TAG)
     click.echo(f"removed {removed} chaos rule(s)")
 
 
@@ -199,6 +233,7 @@ def soak(
             preset=preset,
             first_host=first_address,
             log=lambda line: click.echo(line, err=True),
+            tag=faults.cluster_tag(base),  # its heal leaves other clusters' rules alone
         )
         result = run.run()
     except BaseException:

@@ -5,7 +5,9 @@ Discovery reads ``/proc``: every process running ``hypha agent`` (or
 and ``--data-dir`` come from its command line (or its ``--config`` file). Network
 faults are iptables DROP rules on INPUT (a DROP on OUTPUT makes ``sendto`` fail
 with EPERM instead of losing the packet), matched on the agents' own addresses,
-tagged with a comment so ``heal`` removes exactly what chaos added. The kernel here
+tagged with a comment so ``heal`` removes exactly what chaos added: ``hypha-chaos``
+and the directory of the cluster's data dirs (``cluster_tag``), so that the rules
+of one local cluster can be removed without another's. The kernel here
 has no netem, so loss is the ``statistic`` match in random mode.
 
 Partitions match on source and destination address, so they need each agent to
@@ -16,6 +18,7 @@ advertised address; see docs/decisions/002-chaos-on-loopback.md).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
 import os
 import shlex
@@ -101,9 +104,10 @@ def parse_agent(pid: int, argv: Sequence[str], cwd: str = "/") -> LocalAgent | N
     )
 
 
-def discover_local_agents(proc: Path = Path("/proc")) -> dict[str, LocalAgent]:
-    """Every running agent on this machine, by name."""
-    agents: dict[str, LocalAgent] = {}
+def discover_local_agents(proc: Path = Path("/proc")) -> list[LocalAgent]:
+    """Every running agent on this machine, by pid. Names repeat when several local
+    clusters run (each has its n1, n2, ...): ``resolve`` refuses an ambiguous one."""
+    agents: list[LocalAgent] = []
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -118,18 +122,76 @@ def discover_local_agents(proc: Path = Path("/proc")) -> dict[str, LocalAgent]:
         argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
         agent = parse_agent(int(entry.name), argv, cwd)
         if agent is not None:
-            agents[agent.name] = agent
-    return agents
+            agents.append(agent)
+    return sorted(agents, key=lambda a: a.pid)
 
 
-def resolve(names: Iterable[str], agents: dict[str, LocalAgent]) -> list[LocalAgent]:
+def under(agents: Iterable[LocalAgent], directory: Path) -> list[LocalAgent]:
+    """The agents whose data dir is ``directory`` or inside it (one local cluster)."""
+    top = directory.resolve()
+    return [
+        a for a in agents if a.data_dir is not None and a.data_dir.resolve().is_relative_to(top)
+    ]
+
+
+def address_of(agent: LocalAgent) -> str:
+    return f"{agent.ip}:{agent.gossip_port}" if agent.gossip_port is not None else agent.ip
+
+
+def describe(agent: LocalAgent) -> str:
+    return f"pid {agent.pid} at {address_of(agent)}, data dir {agent.data_dir or '?'}"
+
+
+def _matches(agent: LocalAgent, spec: str) -> bool:
+    """NAME, ADDRESS (IP:PORT, or IP) or DATA_DIR names the agent."""
+    if spec in (agent.name, address_of(agent), agent.ip):
+        return True
+    if "/" in spec and agent.data_dir is not None:
+        return Path(agent.cwd, spec).resolve() == agent.data_dir.resolve()
+    return False
+
+
+def resolve(names: Iterable[str], agents: Sequence[LocalAgent]) -> list[LocalAgent]:
+    """One agent for each of ``names`` (a name, an address or a data dir); an unknown
+    or ambiguous one is an error that lists what there is to choose from."""
     found = []
     for name in names:
-        if name not in agents:
-            known = ", ".join(sorted(agents)) or "none running"
+        candidates = [a for a in agents if _matches(a, name)]
+        if not candidates:
+            known = ", ".join(sorted({a.name for a in agents})) or "none running"
             raise ChaosError(f"no local agent named {name!r} (agents here: {known})")
-        found.append(agents[name])
+        if len(candidates) > 1:
+            raise ChaosError(
+                f"{len(candidates)} local agents match {name!r} (two local clusters?): "
+                + "; ".join(describe(a) for a in candidates)
+                + ". Name one by its address or data dir, or give --cluster DIR"
+            )
+        found.append(candidates[0])
     return found
+
+
+#: iptables keeps at most 256 bytes of a comment.
+MAX_COMMENT = 255
+
+
+def cluster_tag(directory: Path, tag: str = TAG) -> str:
+    """The comment of the rules for the local cluster whose data dirs are under
+    ``directory``: ``heal`` with it removes only them, ``heal`` with ``tag`` all."""
+    scoped = f"{tag} {directory.resolve()}"
+    if len(scoped.encode()) <= MAX_COMMENT and '"' not in scoped:
+        return scoped
+    return f"{tag} sha1:{hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:16]}"
+
+
+def tag_for(agents: Iterable[LocalAgent], tag: str = TAG) -> str:
+    """``cluster_tag`` of the directory holding every one of ``agents``' data dirs (as
+    `hypha up` lays them out), or the bare ``tag`` if they have no one such parent."""
+    parents = {a.data_dir.resolve().parent if a.data_dir else None for a in agents}
+    if len(parents) == 1:
+        (parent,) = parents
+        if parent is not None:
+            return cluster_tag(parent, tag)
+    return tag
 
 
 # Signals ---------------------------------------------------------------------
@@ -327,14 +389,32 @@ def remove_rules(rules: Sequence[Rule]) -> None:
             _run_iptables("-D", "INPUT", *rule.args)
 
 
+def _comment(line: str) -> str | None:
+    try:
+        args = shlex.split(line)
+    except ValueError:
+        return None
+    for i, arg in enumerate(args[:-1]):
+        if arg == "--comment":
+            return args[i + 1]
+    return None
+
+
+def carries(comment: str | None, tag: str) -> bool:
+    """Whether a rule's comment is ``tag`` or one of its clusters' (``cluster_tag``)."""
+    return comment is not None and (comment == tag or comment.startswith(tag + " "))
+
+
 def tagged_rules(tag: str = TAG) -> list[str]:
-    """The INPUT rules carrying ``tag``, as ``iptables -S`` prints them."""
+    """The INPUT rules carrying ``tag`` (or a cluster's tag under it), as ``iptables
+    -S`` prints them."""
     lines = _run_iptables("-S", "INPUT").splitlines()
-    return [line for line in lines if f"--comment {tag}" in line or f'--comment "{tag}"' in line]
+    return [line for line in lines if carries(_comment(line), tag)]
 
 
 def heal(tag: str = TAG) -> int:
-    """Remove every INPUT rule carrying ``tag``; return how many were removed."""
+    """Remove every INPUT rule carrying ``tag``; return how many were removed. The bare
+    ``TAG`` removes every cluster's rules; a ``cluster_tag`` only that cluster's."""
     removed = 0
     for line in tagged_rules(tag):
         args = shlex.split(line)

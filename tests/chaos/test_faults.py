@@ -22,7 +22,9 @@ NET = f"127.1.{os.getpid() % 250}"
 FAKE_A, FAKE_B = f"fake-a{os.getpid()}", f"fake-b{os.getpid()}"
 
 
-def fake_agent(argv0: Path, name: str, address: str) -> subprocess.Popen[bytes]:
+def fake_agent(
+    argv0: Path, name: str, address: str, data_dir: str = "data"
+) -> subprocess.Popen[bytes]:
     """A process whose command line reads like `hypha agent --name NAME --bind ADDRESS`."""
     return subprocess.Popen(
         [
@@ -35,7 +37,7 @@ def fake_agent(argv0: Path, name: str, address: str) -> subprocess.Popen[bytes]:
             "--bind",
             address,
             "--data-dir",
-            "data",
+            data_dir,
         ],  # fmt: skip
         start_new_session=True,
     )
@@ -90,9 +92,10 @@ def test_discover_kill_pause_restart(
 ) -> None:
     procs.append(fake_agent(hypha_named_python, FAKE_A, f"{NET}.231:17001"))
     procs.append(fake_agent(hypha_named_python, FAKE_B, f"{NET}.232:17002"))
-    wait_for(lambda: {FAKE_A, FAKE_B} <= set(faults.discover_local_agents()))
+    wait_for(lambda: {FAKE_A, FAKE_B} <= {a.name for a in faults.discover_local_agents()})
     agents = faults.discover_local_agents()
-    a, b = agents[FAKE_A], agents[FAKE_B]
+    (a,) = faults.resolve([FAKE_A], agents)
+    (b,) = faults.resolve([FAKE_B], agents)
     assert a.pid == procs[0].pid and a.gossip_port == 17001
 
     with pytest.raises(ChaosError, match="no local agent named 'nope'"):
@@ -119,8 +122,8 @@ def test_discover_kill_pause_restart(
     new_pid = child.pid
     try:
         assert not Path(f"/proc/{a.pid}").exists()  # the old process is gone (and reaped)
-        wait_for(lambda: faults.discover_local_agents().get(FAKE_A) is not None)
-        again = faults.discover_local_agents()[FAKE_A]
+        wait_for(lambda: any(x.pid == new_pid for x in faults.discover_local_agents()))
+        (again,) = faults.resolve([FAKE_A], faults.discover_local_agents())
         assert again.pid == new_pid != a.pid
         assert again.argv == a.argv
     finally:
@@ -131,8 +134,114 @@ def test_discover_kill_pause_restart(
     assert procs[1].wait(timeout=10) == -9
 
 
-def agent_at(name: str, ip: str) -> LocalAgent:
-    return LocalAgent(name=name, pid=0, ip=ip, gossip_port=None, data_dir=None, argv=())
+def agent_at(
+    name: str, ip: str, port: int | None = None, data_dir: Path | None = None, pid: int = 0
+) -> LocalAgent:
+    return LocalAgent(name=name, pid=pid, ip=ip, gossip_port=port, data_dir=data_dir, argv=())
+
+
+def test_two_local_clusters_with_the_same_names(
+    hypha_named_python: Path, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """Both have an agent of the same name: naming it alone is an error that lists
+    both; --cluster DIR, an address or a data dir picks one (a later agent used to
+    replace the earlier one silently, and `kill` hit whichever came last)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    procs.append(fake_agent(hypha_named_python, FAKE_A, f"{NET}.238:17003", f"{first}/n1"))
+    procs.append(fake_agent(hypha_named_python, FAKE_A, f"{NET}.239:17004", f"{second}/n1"))
+    pids = {p.pid for p in procs}
+    wait_for(lambda: pids <= {a.pid for a in faults.discover_local_agents()})
+
+    def chaos(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agent.chaos", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    result = chaos("kill", FAKE_A)
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    for proc, address, data_dir in (
+        (procs[0], f"{NET}.238:17003", f"{first}/n1"),
+        (procs[1], f"{NET}.239:17004", f"{second}/n1"),
+    ):
+        assert f"pid {proc.pid} at {address}, data dir {data_dir}" in result.stderr
+    assert "by its address or data dir, or give --cluster DIR" in result.stderr
+    assert all(p.poll() is None for p in procs)  # nobody was killed
+
+    result = chaos("--cluster", str(second), "kill", FAKE_A)
+    assert result.returncode == 0, result.stderr
+    assert procs[1].wait(timeout=10) == -9
+    assert procs[0].poll() is None
+    procs.append(fake_agent(hypha_named_python, FAKE_A, f"{NET}.239:17004", f"{second}/n1"))
+    wait_for(lambda: any(a.pid == procs[2].pid for a in faults.discover_local_agents()))
+    assert chaos("kill", f"{NET}.238:17003").returncode == 0
+    assert procs[0].wait(timeout=10) == -9
+    assert chaos("kill", f"{second}/n1").returncode == 0
+    assert procs[2].wait(timeout=10) == -9
+
+
+def test_resolve_takes_a_name_an_address_or_a_data_dir(tmp_path: Path) -> None:
+    a1 = agent_at("n1", "127.0.0.2", 7946, tmp_path / "a" / "n1", pid=11)
+    a2 = agent_at("n2", "127.0.0.3", 7946, tmp_path / "a" / "n2", pid=12)
+    b1 = agent_at("n1", "127.0.1.2", 7946, tmp_path / "b" / "n1", pid=21)
+    agents = [a1, a2, b1]
+    assert faults.resolve(["n2", "127.0.1.2:7946", str(tmp_path / "a" / "n1")], agents) == [
+        a2,
+        b1,
+        a1,
+    ]
+    with pytest.raises(ChaosError, match=r"2 local agents match 'n1'.*pid 11 .*; pid 21 "):
+        faults.resolve(["n1"], agents)
+    assert faults.resolve(["n1"], faults.under(agents, tmp_path / "b")) == [b1]
+    # Rules are tagged with the cluster's directory when its agents share one.
+    assert faults.tag_for([a1, a2]) == f"hypha-chaos {tmp_path / 'a'}"
+    assert faults.tag_for([a1, b1]) == faults.TAG
+
+
+class FakeIptables:
+    """INPUT as a list; ``-S`` prints it as iptables does (a comment with a space in
+    double quotes)."""
+
+    def __init__(self) -> None:
+        self.rules: list[tuple[str, ...]] = []
+
+    def __call__(self, *args: str) -> str:
+        op, chain, *rule = args
+        assert chain == "INPUT"
+        if op == "-I":
+            self.rules.insert(0, tuple(rule))
+        elif op == "-D":
+            if tuple(rule) not in self.rules:
+                raise ChaosError("iptables: Bad rule (does a matching rule exist in that chain?)")
+            self.rules.remove(tuple(rule))
+        elif op == "-S":
+            quoted = (" ".join(f'"{a}"' if " " in a else a for a in r) for r in self.rules)
+            return "-P INPUT ACCEPT\n" + "".join(f"-A INPUT {line}\n" for line in quoted)
+        return ""
+
+
+def test_heal_of_one_cluster_leaves_another_clusters_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iptables = FakeIptables()
+    monkeypatch.setattr(faults, "_run_iptables", iptables)
+    first, second = tmp_path / "first", tmp_path / "second cluster"  # a space, quoted
+    for base, net in ((first, "127.0.5"), (second, "127.0.6")):
+        groups = [[agent_at("n1", f"{net}.2")], [agent_at("n2", f"{net}.3")]]
+        faults.apply_rules(faults.partition_rules(groups, tag=faults.cluster_tag(base)))
+    faults.apply_rules(
+        faults.partition_rules([[agent_at("x", "127.0.7.2")], [agent_at("y", "127.0.7.3")]])
+    )
+    assert len(faults.tagged_rules()) == 6
+    assert len(faults.tagged_rules(faults.cluster_tag(second))) == 2
+    assert faults.heal(faults.cluster_tag(second)) == 2
+    assert not any("127.0.6." in " ".join(r) for r in iptables.rules)
+    assert len(iptables.rules) == 4
+    assert faults.heal() == 4  # the bare tag: every cluster's, and untagged ones
+    assert iptables.rules == []
 
 
 def test_partition_refuses_shared_addresses_and_foreign_ones() -> None:
