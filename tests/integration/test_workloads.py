@@ -259,16 +259,19 @@ def test_drain_moves_replicas_a_few_at_a_time_and_waits(
     cluster: LocalCluster, image: str | None
 ) -> None:
     client = cluster.client()
-    loop = "while true; do sleep 1; done"
-    client.post(
-        "/v1/workloads",
-        {"spec": spec(image, "dr", loop, replicas=4, drain={"max_unavailable": 1})},
-    )
+    # Deaf to SIGTERM: each old container stays for its whole stop grace.
+    loop = "trap '' TERM; while true; do sleep 1; done"
+    dr = spec(image, "dr", loop, replicas=4, drain={"max_unavailable": 1}, stop_grace=3.0)
+    client.post("/v1/workloads", {"spec": dr})
     wait_until(lambda: sum(cluster.running_by_node("dr").values()) == 4, 60, "dr running")
     target = next(n for n, count in cluster.running_by_node("dr").items() if count)
     result = cli(cluster, "drain", target, "--wait", "--timeout", "120")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{target} is drained" in result.stderr, result.stderr
+    # Drained means no container left: it said so 3 s early, while the last one was
+    # still in its stop grace.
+    left = {r for r in cluster.replica_processes().get(target, set()) if r.startswith("dr-")}
+    assert not left, left
     by_node = cluster.running_by_node("dr")
     assert target not in by_node and sum(by_node.values()) == 4, by_node
     node = client.get(f"/v1/nodes/{target}")
