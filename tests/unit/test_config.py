@@ -93,3 +93,13 @@ def test_config_is_frozen() -> None:
 def test_advertise_needed_when_binding_everywhere() -> None:
     with pytest.raises(ConfigError, match="set --advertise"):
         _ = AgentConfig(name="n1", bind="0.0.0.0:7946").advertise_address
+
+
+def test_the_readme_lists_every_config_key() -> None:
+    """The README's Configuration table is the user's reference: it must not miss a key."""
+    import dataclasses
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    listed = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
+    assert listed == {f.name for f in dataclasses.fields(AgentConfig)}
