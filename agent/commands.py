@@ -59,6 +59,7 @@ def status(state: CliState, as_json: bool) -> None:
         ("node", "node"),
         ("state", "raft role"),
         ("leader_node", "leader"),
+        ("last_leader_node", "last leader"),
         ("leader", "leader raft"),
         ("term", "term"),
         ("commit_index", "commit index"),
@@ -77,4 +78,6 @@ def status(state: CliState, as_json: bool) -> None:
         value = data[key]
         if isinstance(value, list):
             value = ", ".join(str(v) for v in value) or "-"
+        elif value is None:
+            value = "- (none in sight)" if key == "leader_node" else "-"
         click.echo(f"{label + ':':<15}{value}")

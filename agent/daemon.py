@@ -1061,14 +1061,19 @@ class Agent:
     async def status(self) -> dict[str, Any]:
         raft_status = dict(self.raft.status())
         leader_name = None
-        leader = self.raft.leader or getattr(self.state, "leader", None)
+        current = self.raft.leader
+        # With no leader in sight (cut off, an election) the state still names the last
+        # one it applied; shown as that, never as the leader.
+        leader = current or getattr(self.state, "leader", None)
         for name, state in self.gossip.states().items():
             if leader and _json(state.get("raft")) == leader:
                 leader_name = name
+        if not current:
+            raft_status["last_leader_node"] = leader_name
         raft_status.update(
             {
                 "node": self.name,
-                "leader_node": leader_name,
+                "leader_node": leader_name if current else None,
                 "api": self.api_address,
                 "driver": self.driver_reason,
                 "version": __version__,
