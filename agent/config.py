@@ -29,6 +29,10 @@ DEFAULT_GOSSIP_PORT = 7946
 DEFAULT_RAFT_PORT_OFFSET = 1  # Raft listens on the gossip port + 1 unless told otherwise
 
 
+PREFIX_FILE = "container-prefix"
+"""In a data dir: the agent instance's container id prefix (``agent.daemon.container_prefix``)."""
+
+
 def default_data_dir() -> Path:
     """``/var/lib/hypha`` for root, else ``$XDG_DATA_HOME/hypha`` (``~/.local/share/hypha``)."""
     if os.geteuid() == 0:

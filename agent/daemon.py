@@ -37,7 +37,7 @@ import runtime
 import scheduler
 from agent import __version__
 from agent.api import ApiApp, current_request_id
-from agent.config import AgentConfig, parse_host_port
+from agent.config import PREFIX_FILE, AgentConfig, parse_host_port
 from agent.consensus import state as cstate
 from agent.consensus.raft import RaftNode, discover_voters
 from agent.errors import (
@@ -94,9 +94,6 @@ LEADER_WAIT = 5.0
 RAFT_SYNC_TIMEOUT = 30.0
 PEERS_FILE = "gossip-peers.json"
 PENDING_BYTES = 900
-
-
-PREFIX_FILE = "container-prefix"
 
 
 def container_prefix(name: str, data_dir: Path) -> str:
@@ -772,10 +769,11 @@ class Agent:
         return views
 
     def _make_leader_loop(self) -> LeaderLoop:
+        def entries_of(batch: list[tuple[str, str, int]]) -> tuple[cstate.PlacementEntry, ...]:
+            return tuple(cstate.PlacementEntry(*item) for item in batch)
+
         async def commit_placements(term: int, batch: list[tuple[str, str, int]]) -> Any:
-            entries = tuple(
-                cstate.PlacementEntry(rid, node, version) for rid, node, version in batch
-            )
+            entries = entries_of(batch)
             kinds = {"new": 0, "move": 0, "update": 0}
             for rid, node, _version in batch:
                 before = self.state.placement(rid)
@@ -793,10 +791,8 @@ class Agent:
             )
 
         async def mark_completed(term: int, batch: list[tuple[str, str, int]]) -> Any:
-            entries = tuple(
-                cstate.PlacementEntry(rid, node, version) for rid, node, version in batch
-            )
-            return await self._propose_quietly(cstate.MarkCompleted(term=term, replicas=entries))
+            replicas = entries_of(batch)
+            return await self._propose_quietly(cstate.MarkCompleted(term=term, replicas=replicas))
 
         async def commit_credits(term: int, snapshot: scheduler.Snapshot) -> Any:
             balances = scheduler.epoch(snapshot)
@@ -915,13 +911,23 @@ class Agent:
         uids = {r.name: workload_uid(r.spec) for r in self.state.workloads()}
         reports = {}
         for p in self.state.placements():
-            view = views.get(p.node)
-            report = view.replicas.get(p.replica_id) if view is not None else None
-            if report is not None and is_current(report, uids.get(p.workload, "")):
+            report = self._report_of(p, views.get(p.node), uids.get(p.workload, ""))
+            if report is not None:
                 reports[p.replica_id] = report
-            elif self.state.completed(p.replica_id):
-                reports[p.replica_id] = _completed_report(p.replica_id, p.spec_version)
         return reports
+
+    def _report_of(
+        self, p: cstate.PlacementRecord, view: NodeView | None, uid: str
+    ) -> dict[str, Any] | None:
+        """The report of placement ``p``: its node's, if it is of this workload (not of
+        a removed one of the same name); else, for a replica the state records as
+        completed, one saying so (its node, and so its own report, may be gone)."""
+        report = view.replicas.get(p.replica_id) if view is not None else None
+        if report is not None and is_current(report, uid):
+            return dict(report)
+        if self.state.completed(p.replica_id):
+            return _completed_report(p.replica_id, p.spec_version)
+        return None
 
     async def list_workloads(self) -> list[dict[str, Any]]:
         reports = self._reports()
@@ -965,12 +971,7 @@ class Agent:
                 }
                 if p is not None:
                     view = views.get(p.node)
-                    report = view.replicas.get(rid) if view else None
-                    if report is not None and not is_current(report, uid):
-                        report = None  # a removed workload's, not replaced yet
-                    if report is None and self.state.completed(rid):
-                        # Its node (and so its report) is gone, but it did finish.
-                        report = _completed_report(rid, p.spec_version)
+                    report = self._report_of(p, view, uid)
                     if report is not None:
                         row.update({k: v for k, v in report.items() if k != "replica_id"})
                         row["workload"] = record.name

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.client import ApiClient
+from agent.config import PREFIX_FILE
 from agent.errors import HyphaError
 from agent.secrets import generate_secret, write_secret
 
@@ -162,7 +163,7 @@ class AgentProcess:
         once it has started; names repeat across clusters (two ``hypha up`` have an n1),
         this does not."""
         try:
-            return (self.data_dir / "container-prefix").read_text().strip() or None
+            return (self.data_dir / PREFIX_FILE).read_text().strip() or None
         except OSError:
             return None
 

@@ -178,6 +178,21 @@ class _Actions:
     start: list[tuple[DesiredReplica, int]] = field(default_factory=list)
 
 
+def _unowned_report(
+    rid: str, status: runtime.ContainerStatus, state: str, *, error: str | None = None
+) -> ReplicaReport:
+    """A report of a container no replica placed here owns any more, read off its
+    labels. Without a uid: no workload takes it for its current replica."""
+    return ReplicaReport(
+        rid,
+        status.labels.get(LABEL_WORKLOAD, ""),
+        state,
+        int(status.labels.get(LABEL_VERSION, "0") or 0),
+        started_at=status.started_at,
+        error=error,
+    )
+
+
 class Reconciler:
     """Runs the placements of one node through one driver."""
 
@@ -252,37 +267,28 @@ class Reconciler:
         for rid, status in actual.items():
             want = desired.get(rid)
             if want is None and status.state == "running" and self._hand_off(rid, now):
-                reports[rid] = ReplicaReport(
+                reports[rid] = _unowned_report(
                     rid,
-                    status.labels.get(LABEL_WORKLOAD, ""),
+                    status,
                     "handing-off",
-                    int(status.labels.get(LABEL_VERSION, "0") or 0),
-                    started_at=status.started_at,
                     error="keeps running until its replacement runs on its new node",
                 )
                 continue
             if want is None or status.labels.get(LABEL_TEMPLATE) != template_hash(want.spec):
-                if status.state in ("running", "created", "unknown"):
+                live = status.state in ("running", "created", "unknown")
+                if live:
                     grace = want.spec.stop_grace if want else self._grace_for(status)
                     actions.stop.append((status, grace))
                     if want is not None:
                         reports[rid] = self._report(want, status, "stopping")
                 elif status.id not in self._stopping:  # else its stop removes it
                     actions.remove.append(status.id)
-                if want is None and (
-                    status.state in ("running", "created", "unknown") or status.id in self._stopping
-                ):
+                if want is None and (live or status.id in self._stopping):
                     # No longer placed here (moved off a draining node, workload removed)
                     # but still here until its stop grace ends: say so, so that the node's
                     # report lists every container it still has (`drain --wait` waits
-                    # for that). Without a uid: no workload takes it for its replica.
-                    reports[rid] = ReplicaReport(
-                        rid,
-                        status.labels.get(LABEL_WORKLOAD, ""),
-                        "stopping",
-                        int(status.labels.get(LABEL_VERSION, "0") or 0),
-                        started_at=status.started_at,
-                    )
+                    # for that).
+                    reports[rid] = _unowned_report(rid, status, "stopping")
 
         for rid, want in desired.items():
             current = actual.get(rid)

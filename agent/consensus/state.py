@@ -324,6 +324,26 @@ class PlacementEntry:
         return [self.replica_id, self.node, self.spec_version]
 
 
+def _check_entries(op: str, key: str, entries: tuple[PlacementEntry, ...], *, unique: bool) -> None:
+    """A batch of (replica, node, spec version) entries: at most ``MAX_BATCH``, each
+    well formed, and with ``unique`` no replica twice."""
+    if len(entries) > MAX_BATCH:
+        raise _fail(op, key, f"at most {MAX_BATCH} per batch")
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, PlacementEntry):
+            raise _fail(op, f"{key}[{i}]", "expected a PlacementEntry")
+        try:
+            parse_replica_id(entry.replica_id)
+        except InvalidCommandError as exc:
+            raise _fail(op, f"{key}[{i}]", str(exc)) from None
+        _check_node(op, f"{key}[{i}].node", entry.node)
+        _check_int(op, f"{key}[{i}].spec_version", entry.spec_version, 1)
+        if unique and entry.replica_id in seen:
+            raise _fail(op, f"{key}[{i}]", f"{entry.replica_id} appears twice")
+        seen.add(entry.replica_id)
+
+
 @dataclass(frozen=True, slots=True)
 class SetPlacements(Command):
     """A batch of placement decisions made by the leader in Raft term ``term``.
@@ -340,21 +360,7 @@ class SetPlacements(Command):
     def __post_init__(self) -> None:
         _check_int(self.op, "term", self.term, 1)
         object.__setattr__(self, "placements", tuple(self.placements))
-        if len(self.placements) > MAX_BATCH:
-            raise _fail(self.op, "placements", f"at most {MAX_BATCH} per batch")
-        seen: set[str] = set()
-        for i, entry in enumerate(self.placements):
-            if not isinstance(entry, PlacementEntry):
-                raise _fail(self.op, f"placements[{i}]", "expected a PlacementEntry")
-            try:
-                parse_replica_id(entry.replica_id)
-            except InvalidCommandError as exc:
-                raise _fail(self.op, f"placements[{i}]", str(exc)) from None
-            _check_node(self.op, f"placements[{i}].node", entry.node)
-            _check_int(self.op, f"placements[{i}].spec_version", entry.spec_version, 1)
-            if entry.replica_id in seen:
-                raise _fail(self.op, f"placements[{i}]", f"{entry.replica_id} appears twice")
-            seen.add(entry.replica_id)
+        _check_entries(self.op, "placements", self.placements, unique=True)
         _check_request_id(self.op, self.request_id)
 
     def to_wire(self) -> dict[str, Any]:
@@ -409,17 +415,7 @@ class MarkCompleted(Command):
     def __post_init__(self) -> None:
         _check_int(self.op, "term", self.term, 1)
         object.__setattr__(self, "replicas", tuple(self.replicas))
-        if len(self.replicas) > MAX_BATCH:
-            raise _fail(self.op, "replicas", f"at most {MAX_BATCH} per batch")
-        for i, entry in enumerate(self.replicas):
-            if not isinstance(entry, PlacementEntry):
-                raise _fail(self.op, f"replicas[{i}]", "expected a PlacementEntry")
-            try:
-                parse_replica_id(entry.replica_id)
-            except InvalidCommandError as exc:
-                raise _fail(self.op, f"replicas[{i}]", str(exc)) from None
-            _check_node(self.op, f"replicas[{i}].node", entry.node)
-            _check_int(self.op, f"replicas[{i}].spec_version", entry.spec_version, 1)
+        _check_entries(self.op, "replicas", self.replicas, unique=False)
         _check_request_id(self.op, self.request_id)
 
     def to_wire(self) -> dict[str, Any]:

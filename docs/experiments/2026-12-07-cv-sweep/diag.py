@@ -5,20 +5,11 @@ sys.path[:0] = [
     str(__import__("pathlib").Path(__file__).resolve().parents[3] / p) for p in ("scripts", ".")
 ]
 import bench_scheduler as B
+from grid import capture_planner, captured
 
 from scheduler import SchedulerConfig
 
-cap = {}
-orig = B.Planner
-
-
-def hook(*a, **k):
-    p = orig(*a, **k)
-    cap["p"] = p
-    return p
-
-
-B.Planner = hook
+capture_planner()
 
 
 def diag(name, strategy="mycelial", cfg=None, util=0.85, nodes=1000):
@@ -29,7 +20,7 @@ def diag(name, strategy="mycelial", cfg=None, util=0.85, nodes=1000):
         churn=False,
         config=cfg or SchedulerConfig(),
     )
-    p = cap["p"]
+    p = captured["p"]
     cls = {}
     for i in range(p.n):
         key = (p.cap_c[i] // 1000, p.cap_m[i] // p.cap_c[i] * 1000 >> 30)

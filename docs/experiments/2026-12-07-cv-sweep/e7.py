@@ -1,36 +1,20 @@
 import sys
-import time
 
 sys.path[:0] = [
     str(__import__("pathlib").Path(__file__).resolve().parents[3] / p) for p in ("scripts", ".")
 ]
 import bench_scheduler as B
+from grid import capture_planner, captured
 
 from scheduler import SchedulerConfig
 
-cap = {}
-orig = B.Planner
-
-
-def hook(*a, **k):
-    p = orig(*a, **k)
-    cap["p"] = p
-    return p
-
-
-B.Planner = hook
-
-
-def zskew(reqs_nodes):
-    pass
+capture_planner()
 
 
 def one(name, cfg, sizes, u, nodes=1000, lag=0):
     sc = B.Scenario(nodes, nodes * 10, sizes, u, lag)
-    t = time.process_time()
     r = B.run(sc, "mycelial", 1, churn=False, config=cfg)
-    time.process_time() - t
-    p = cap["p"]
+    p = captured["p"]
     # zone skew of soft workloads: from planner's wl_zone
     skews = []
     for _w, zc in p.wl_zone.items():
